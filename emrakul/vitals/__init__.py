@@ -1,0 +1,28 @@
+"""The Nervous System: per-parameter vital signs of a training network.
+
+``init`` / ``update`` keep running gradient statistics (an optax-style pair of pure functions);
+the derived signals (GSNR, Fisher, saliency, magnitude, Hessian diagonal, activation and
+dormancy statistics) are computed from them or from a batch; :mod:`emrakul.vitals.regions`
+summarises any of them per region into the fixed-shape matrix the agent observes.
+"""
+
+from emrakul.vitals import regions
+from emrakul.vitals.activations import ActivationStats, activation_stats
+from emrakul.vitals.hessian import hessian_diag
+from emrakul.vitals.signals import fisher, grad_mean, gsnr, magnitude, saliency
+from emrakul.vitals.state import VitalsState, init, update
+
+__all__ = [
+    "ActivationStats",
+    "VitalsState",
+    "activation_stats",
+    "fisher",
+    "grad_mean",
+    "gsnr",
+    "hessian_diag",
+    "init",
+    "magnitude",
+    "regions",
+    "saliency",
+    "update",
+]
