@@ -1,0 +1,289 @@
+"""Exact k-of-n selection without sorting.
+
+``topk_mask(scores, k)`` keeps exactly ``k`` entries, the ``k`` largest scores, with ties broken
+deterministically by position (the lower flat index wins). It never sorts the array. The k-th
+largest value is found by a safeguarded interpolation search over the values (a selection
+algorithm in the spirit of Floyd & Rivest 1975, "Expected time bounds for selection"), where
+each step is one fused pass over the array that returns
+
+* how many entries are >= the probe ``t``,
+* the smallest entry >= ``t`` and the largest entry < ``t``,
+
+so that the bracket ``[lo, hi]`` around the k-th value always ends on actual data values. On
+smooth score distributions a handful of passes (typically 4-8) suffices; a bisection step on
+the float's ordered integer bits (radix/bisection select) is taken whenever interpolation stops
+halving the bracket, so that the worst case is bounded by about twice the number of bits. Ties
+at the threshold are resolved by a bisection over the flat index, which only runs when ties
+exist.
+
+``k`` is a traced value: changing it does not recompile. NaN scores rank below every number
+(they are kept last), and ``-0.0`` equals ``+0.0``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MAX_ITERS = 256
+
+
+def _as_float(scores: jax.Array) -> jax.Array:
+    scores = jnp.asarray(scores)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        raise TypeError(f"scores must have a floating dtype, got {scores.dtype}")
+    if scores.dtype != jnp.float64:
+        scores = scores.astype(jnp.float32)
+    # NaN ranks lowest; -0.0, +0.0 and denormals are one value (XLA:CPU flushes denormals).
+    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    tiny = jnp.finfo(scores.dtype).tiny
+    return jnp.where(jnp.abs(scores) < tiny, jnp.zeros((), scores.dtype), scores)
+
+
+def _uint_for(dtype: np.dtype) -> np.dtype:
+    return jnp.uint64 if dtype == jnp.float64 else jnp.uint32
+
+
+def _to_key(x: jax.Array) -> jax.Array:
+    """Order-preserving map from floats to unsigned integers."""
+    udt = _uint_for(x.dtype)
+    bits = jax.lax.bitcast_convert_type(x, udt)
+    nbits = np.dtype(udt).itemsize * 8
+    sign = jnp.asarray(1, udt) << (nbits - 1)
+    return jnp.where(bits & sign, ~bits, bits | sign)
+
+
+def _from_key(key: jax.Array, dtype: np.dtype) -> jax.Array:
+    udt = key.dtype
+    nbits = np.dtype(udt).itemsize * 8
+    sign = jnp.asarray(1, udt) << (nbits - 1)
+    bits = jnp.where(key & sign, key & ~sign, ~key)
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _prev(t: jax.Array) -> jax.Array:
+    """The largest value strictly below ``t`` that compiled code can tell apart from ``t``.
+
+    XLA:CPU flushes denormals to zero, so the denormal range (and -0.0) is skipped.
+    """
+    tiny = jnp.finfo(t.dtype).tiny
+    raw = _from_key(_to_key(t) - 1, t.dtype)
+    return jnp.where(jnp.abs(raw) < tiny, jnp.where(t > 0, 0.0, -tiny).astype(t.dtype), raw)
+
+
+def _next(t: jax.Array) -> jax.Array:
+    """The smallest value strictly above ``t`` (see :func:`_prev`)."""
+    tiny = jnp.finfo(t.dtype).tiny
+    raw = _from_key(_to_key(t) + 1, t.dtype)
+    return jnp.where(jnp.abs(raw) < tiny, jnp.where(t < 0, 0.0, tiny).astype(t.dtype), raw)
+
+
+def _check_k(k, n: int, name: str = "k") -> jax.Array:
+    """Validates a concrete ``k`` (a clear error) and clips a traced one into [0, n]."""
+    if isinstance(k, float) or (hasattr(k, "dtype") and not jnp.issubdtype(k.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be an integer (a count), got {k!r}")
+    if not isinstance(k, jax.core.Tracer):
+        kv = np.asarray(k)
+        if kv.size and (kv.min() < 0 or kv.max() > n):
+            raise ValueError(f"{name} must lie in [0, {n}] (the number of candidates), got {k}")
+    return jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+
+
+def _count_ge(x: jax.Array, t: jax.Array, negate: bool = False) -> jax.Array:
+    """Per row, #(x >= t), or #(-x >= t) with ``negate`` (exact float sums below 2**24)."""
+    ge = (-x >= t[:, None]) if negate else (x >= t[:, None])
+    if x.shape[1] < 2**24:
+        return jnp.sum(jnp.where(ge, 1.0, 0.0), axis=1).astype(jnp.int32)
+    return jnp.sum(ge, axis=1, dtype=jnp.int32)
+
+
+_SAMPLE = 1024
+
+
+def _sample_bracket(x: jax.Array, k: jax.Array):
+    """Initial bracket [lo, hi] of the k-th largest value, from a strided sample of each row.
+
+    A sample of at most ``_SAMPLE`` entries (at most 1/8 of the row; the full row is never
+    sorted) is sorted, and the sample quantiles about 2.5 standard deviations either side of
+    the target rank are checked against the whole row in one fused pass. Whatever the sample
+    says, the returned bracket is valid; a poor sample only costs extra passes later.
+    """
+    rows, n = x.shape
+    dtype = x.dtype
+    inf = jnp.asarray(jnp.inf, dtype)
+    lo = jnp.full((rows,), -inf)
+    hi = jnp.full((rows,), inf)
+    c_lo = jnp.full((rows,), n, jnp.int32)
+    c_hi = jnp.zeros((rows,), jnp.int32)
+    size = min(_SAMPLE, n // 8)
+    if size < 16:
+        return lo, hi, c_lo, c_hi
+    stride = n // size
+    sample = -jnp.sort(-x[:, : stride * size : stride], axis=1)  # descending
+    p = k.astype(jnp.float32) / n
+    r = p * size
+    d = 2.5 * jnp.sqrt(size * p * (1.0 - p)) + 1.0
+    ia = jnp.clip(jnp.ceil(r + d).astype(jnp.int32) - 1, 0, size - 1)
+    ib = jnp.clip(jnp.floor(r - d).astype(jnp.int32) - 1, 0, size - 1)
+    a = jnp.take_along_axis(sample, ia[:, None], axis=1)[:, 0]  # lower candidate
+    b = jnp.take_along_axis(sample, ib[:, None], axis=1)[:, 0]  # upper candidate
+    c_a = _count_ge(x, a)
+    c_b = n - _count_ge(x, -b, negate=True)  # #(x > b)
+    a_low = c_a >= k  # T >= a
+    b_high = c_b < k  # T <= b
+    lo = jnp.where(a_low, a, jnp.where(b_high, lo, _next(b)))
+    c_lo = jnp.where(a_low, c_a, jnp.where(b_high, c_lo, c_b))
+    hi = jnp.where(b_high, b, jnp.where(a_low, hi, _prev(a)))
+    c_hi = jnp.where(b_high, c_b, jnp.where(a_low, c_hi, c_a))
+    return lo, hi, c_lo, c_hi
+
+
+def _select_rows(x: jax.Array, k: jax.Array) -> jax.Array:
+    """Top-k mask of every row of ``x`` ([rows, n]) with per-row ``k`` ([rows])."""
+    rows, n = x.shape
+    dtype = x.dtype
+    kf = k.astype(dtype)
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    # Invariant: the k-th largest value T lies in [lo, hi]; c_lo = #(x >= lo) >= k and
+    # c_hi = #(x > hi) < k. Seed the bracket from a strided sample (see _sample_bracket).
+    lo, hi, c_lo, c_hi = _sample_bracket(x, k)
+    exact = k == n  # exactly k entries are >= thr, no tie-break needed
+    done = exact | (lo == hi) | (k == 0)
+    state = (0, lo, hi, c_lo, c_hi, lo, done, exact, jnp.zeros((rows,), bool))
+
+    def cond(s):
+        return (s[0] < _MAX_ITERS) & ~jnp.all(s[6])
+
+    def body(s):
+        i, lo, hi, c_lo, c_hi, thr, done, exact, bisect = s
+        # Interpolated probe: where a linear model of the count crosses k + 1/2.
+        mass = (c_lo - c_hi).astype(dtype)
+        frac = (c_lo.astype(dtype) - kf - 0.5) / jnp.maximum(mass, 1)
+        t_interp = lo + frac * (hi - lo)
+        # Bisection probe in the ordered-integer domain: halves the key range.
+        klo, khi = _to_key(lo), _to_key(hi)
+        t_bisect = _from_key(klo + (khi - klo + 1) // 2, dtype)
+        t_bisect = jnp.maximum(t_bisect, _next(lo))  # a denormal midpoint would equal lo
+        use_bisect = bisect | ~jnp.isfinite(t_interp) | (t_interp <= lo) | (t_interp > hi)
+        t = jnp.where(use_bisect, t_bisect, t_interp)
+        cnt = _count_ge(x, t)
+        up = cnt >= k
+        hit = cnt == k
+        n_lo = jnp.where(up, t, lo)
+        n_hi = jnp.where(up, hi, _prev(t))
+        n_c_lo = jnp.where(up, cnt, c_lo)
+        n_c_hi = jnp.where(up, c_hi, cnt)
+        # Snap both bounds onto data values when a probe fell into an empty gap (a bound moved
+        # but its count did not), or when T is the largest value <= hi (one entry missing).
+        stall = jnp.where(up, cnt == c_lo, cnt == c_hi) | (k - n_c_hi == 1)
+        stall = stall & ~done & ~hit
+
+        def snap(bounds):
+            a, b = bounds
+            a = jnp.min(jnp.where(x >= a[:, None], x, inf), axis=1)
+            b = jnp.max(jnp.where(x <= b[:, None], x, -inf), axis=1)
+            return jnp.where(k - n_c_hi == 1, b, a), b
+
+        n_lo, n_hi = jax.lax.cond(jnp.any(stall), snap, lambda b: b, (n_lo, n_hi))
+        n_done = done | hit | (n_lo >= n_hi)
+        # Bisect next time when this step did not at least halve the bracket's mass.
+        shrunk = 2 * (n_c_lo - n_c_hi) <= (c_lo - c_hi)
+        keep = lambda old, new: jnp.where(done, old, new)
+        return (
+            i + 1,
+            keep(lo, n_lo),
+            keep(hi, n_hi),
+            keep(c_lo, n_c_lo),
+            keep(c_hi, n_c_hi),
+            keep(thr, jnp.where(hit, t, n_lo)),
+            n_done,
+            keep(exact, hit),
+            ~shrunk,
+        )
+
+    _, _, _, _, _, thr, _, exact, _ = jax.lax.while_loop(cond, body, state)
+    ge = x >= thr[:, None]
+    gt = x > thr[:, None]
+    eq = ge & ~gt
+    n_gt = jnp.sum(gt, axis=1, dtype=jnp.int32)
+    n_eq = jnp.sum(eq, axis=1, dtype=jnp.int32)
+    need = k - n_gt  # how many of the tied entries to keep
+    ties = ~exact & (n_eq > need) & (k > 0)
+    cut = _tie_cut(eq, need, ties)
+    idx = jnp.arange(n, dtype=jnp.int32)
+    return (
+        jnp.where(exact[:, None], ge, gt | (eq & (idx[None, :] < cut[:, None]))) & (k > 0)[:, None]
+    )
+
+
+def _tie_cut(eq: jax.Array, need: jax.Array, ties: jax.Array) -> jax.Array:
+    """Per row, the smallest index bound I with ``sum(eq[:I]) >= need`` (n+1 where no ties)."""
+    rows, n = eq.shape
+    idx = jnp.arange(n, dtype=jnp.int32)
+    nbits = max(int(n).bit_length(), 1)
+    # Bisection over the index bound I in [0, n]: find the largest I with count(eq[:I]) < need,
+    # then the cut is I + 1. Runs only while some row has ties.
+    start = (jnp.zeros((rows,), jnp.int32), jnp.int32(nbits - 1))
+
+    def cond(s):
+        return jnp.any(ties) & (s[1] >= 0)
+
+    def body(s):
+        base, bit = s
+        cand = base | (jnp.int32(1) << bit)
+        c = jnp.sum(eq & (idx[None, :] < cand[:, None]), axis=1, dtype=jnp.int32)
+        return jnp.where((c < need) & (cand <= n), cand, base), bit - 1
+
+    base, _ = jax.lax.while_loop(cond, body, start)
+    return jnp.where(ties, base + 1, n + 1)
+
+
+def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
+    """Boolean mask of the ``k`` largest ``scores``, exactly ``k`` ones, without sorting.
+
+    Args:
+      scores: floating array of any shape.
+      k: number of entries to keep (an integer, may be traced). With ``axis=None`` it counts over
+        the whole array; with ``axis`` it is the count per slice along ``axis`` and may be a
+        scalar or an array of shape ``scores.shape`` without ``axis`` (one budget per row,
+        e.g. per unit or channel).
+      axis: ``None`` selects over the flattened array; an int selects independently within
+        every 1-D slice along that axis.
+
+    Returns:
+      A bool array of ``scores.shape``. Ties are broken by position: among equal scores the one
+      with the lower index (along ``axis``, or in row-major order) is kept.
+
+    Raises:
+      TypeError: non-floating scores or a non-integer ``k``.
+      ValueError: a concrete ``k`` outside ``[0, n]``. A traced ``k`` is clipped into range.
+    """
+    x = _as_float(scores)
+    if axis is None:
+        n = x.size
+        k = _check_k(k, n)
+        if n == 0:
+            return jnp.zeros(x.shape, bool)
+        if jnp.ndim(k) != 0:
+            raise ValueError(f"with axis=None, k must be a scalar, got shape {jnp.shape(k)}")
+        return _select_rows(x.reshape(1, n), k.reshape(1)).reshape(x.shape)
+    if x.ndim == 0:
+        raise ValueError("axis was given but scores is a scalar")
+    axis = axis % x.ndim
+    moved = jnp.moveaxis(x, axis, -1)
+    n = moved.shape[-1]
+    k = _check_k(k, n)
+    batch = moved.shape[:-1]
+    try:
+        k = jnp.broadcast_to(k, batch)
+    except ValueError as e:
+        raise ValueError(
+            f"k of shape {jnp.shape(k)} does not broadcast to the rows {batch} of axis {axis}"
+        ) from e
+    rows = int(np.prod(batch))
+    if rows == 0 or n == 0:
+        return jnp.zeros(x.shape, bool)
+    mask = _select_rows(moved.reshape(rows, n), k.reshape(rows))
+    return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
