@@ -29,7 +29,7 @@ def _check(log_alpha, beta, gamma, zeta) -> jax.Array:
 def hard_concrete(
     key: jax.Array, log_alpha: jax.Array, beta=BETA, gamma=GAMMA, zeta=ZETA
 ) -> jax.Array:
-    """Samples hard-concrete gates in [0, 1] with exact zeros and ones (Louizos et al. 2018, eq. 10).
+    """Samples hard-concrete gates in [0, 1] with exact 0s and 1s (Louizos et al. 2018, eq. 10).
 
     ``u ~ U(0, 1)``, ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``,
     ``z = clip(s * (zeta - gamma) + gamma, 0, 1)``. Differentiable in ``log_alpha``.

@@ -62,8 +62,8 @@ def nm_mask(scores: jax.Array, n, m: int, axis: int = -1) -> jax.Array:
       TypeError: non-floating scores or a non-integer ``n``.
     """
     x = _as_float(scores)
-    n = _check_n(n, m)
     g, axis = _groups(x, m, axis, "scores")
+    n = _check_n(n, m)
     a = g[..., :, None]  # entry i
     b = g[..., None, :]  # entry j
     j_before_i = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]
@@ -87,7 +87,7 @@ def is_nm(mask: jax.Array, n, m: int, axis: int = -1, exact: bool = False) -> ja
     Returns:
       A scalar bool array.
     """
-    n = _check_n(n, m)
     g, _ = _groups(jnp.asarray(mask) != 0, m, axis, "mask")
+    n = _check_n(n, m)
     count = jnp.sum(g, axis=-1, dtype=jnp.int32)
     return jnp.all(count == n) if exact else jnp.all(count <= n)

@@ -101,7 +101,7 @@ def gumbel_topk(key: jax.Array, logits: jax.Array, k, temperature) -> jax.Array:
     z = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
     hard = topk_mask(jax.lax.stop_gradient(z), k).astype(logits.dtype)
     soft = soft_topk(z, k, temperature)
-    return hard + soft - jax.lax.stop_gradient(soft)
+    return hard + (soft - jax.lax.stop_gradient(soft))  # forward value exactly hard
 
 
 def gumbel_softmax_mask(key: jax.Array, logits: jax.Array, temperature) -> jax.Array:
@@ -126,4 +126,4 @@ def gumbel_softmax_mask(key: jax.Array, logits: jax.Array, temperature) -> jax.A
     noise = jax.random.logistic(key, logits.shape, logits.dtype)
     soft = jax.nn.sigmoid((logits + noise) / t.astype(logits.dtype))
     hard = (logits + noise > 0).astype(logits.dtype)
-    return hard + soft - jax.lax.stop_gradient(soft)
+    return hard + (soft - jax.lax.stop_gradient(soft))  # forward value exactly hard
