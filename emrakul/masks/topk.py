@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_MAX_ITERS = 256
+_MAX_ITERS = 512
 
 
 def _as_float(scores: jax.Array) -> jax.Array:
@@ -143,31 +143,35 @@ def _select_rows(x: jax.Array, k: jax.Array) -> jax.Array:
     """Top-k mask of every row of ``x`` ([rows, n]) with per-row ``k`` ([rows])."""
     rows, n = x.shape
     dtype = x.dtype
-    kf = k.astype(dtype)
     inf = jnp.asarray(jnp.inf, dtype)
 
     # Invariant: the k-th largest value T lies in [lo, hi]; c_lo = #(x >= lo) >= k and
     # c_hi = #(x > hi) < k. Seed the bracket from a strided sample (see _sample_bracket).
     lo, hi, c_lo, c_hi = _sample_bracket(x, k)
-    exact = k == n  # exactly k entries are >= thr, no tie-break needed
+    exact = k == n  # exactly k entries are >= thr: no tie-break needed
     done = exact | (lo == hi) | (k == 0)
-    state = (0, lo, hi, c_lo, c_hi, lo, done, exact, jnp.zeros((rows,), bool))
+    ones = jnp.ones((rows,), dtype)
+    zeros = jnp.zeros((rows,), jnp.int32)
+    state = (0, lo, hi, c_lo, c_hi, lo, done, exact, ones, ones, zeros, zeros)
 
     def cond(s):
         return (s[0] < _MAX_ITERS) & ~jnp.all(s[6])
 
     def body(s):
-        i, lo, hi, c_lo, c_hi, thr, done, exact, bisect = s
-        # Interpolated probe: where a linear model of the count crosses k + 1/2.
-        mass = (c_lo - c_hi).astype(dtype)
-        frac = (c_lo.astype(dtype) - kf - 0.5) / jnp.maximum(mass, 1)
+        i, lo, hi, c_lo, c_hi, thr, done, exact, s_lo, s_hi, side, slow = s
+        # Illinois-style regula falsi on the count: f(t) = #(x >= t) - k - 1/2 is decreasing;
+        # an endpoint kept twice in a row has its weight halved (Dowell & Jarratt 1971).
+        f_lo = (c_lo - k).astype(dtype) - 0.5
+        f_hi = (k - c_hi).astype(dtype) + 0.5
+        frac = s_lo * f_lo / (s_lo * f_lo + s_hi * f_hi)
         t_interp = lo + frac * (hi - lo)
-        # Bisection probe in the ordered-integer domain: halves the key range.
+        # Safeguard: bisection on the ordered-integer keys halves the key range.
         klo, khi = _to_key(lo), _to_key(hi)
         t_bisect = _from_key(klo + (khi - klo + 1) // 2, dtype)
         t_bisect = jnp.maximum(t_bisect, _next(lo))  # a denormal midpoint would equal lo
-        use_bisect = bisect | ~jnp.isfinite(t_interp) | (t_interp <= lo) | (t_interp > hi)
-        t = jnp.where(use_bisect, t_bisect, t_interp)
+        bad = ~jnp.isfinite(t_interp) | (t_interp <= lo) | (t_interp > hi)
+        forced = slow >= 3  # three steps without halving the bracket's mass
+        t = jnp.where(bad | forced, t_bisect, t_interp)
         cnt = _count_ge(x, t)
         up = cnt >= k
         hit = cnt == k
@@ -188,8 +192,11 @@ def _select_rows(x: jax.Array, k: jax.Array) -> jax.Array:
 
         n_lo, n_hi = jax.lax.cond(jnp.any(stall), snap, lambda b: b, (n_lo, n_hi))
         n_done = done | hit | (n_lo >= n_hi)
-        # Bisect next time when this step did not at least halve the bracket's mass.
-        shrunk = 2 * (n_c_lo - n_c_hi) <= (c_lo - c_hi)
+        n_side = jnp.where(up, 1, -1)
+        again = n_side == side
+        n_s_lo = jnp.where(up, 1.0, jnp.where(again, 0.5 * s_lo, s_lo))
+        n_s_hi = jnp.where(up, jnp.where(again, 0.5 * s_hi, s_hi), 1.0)
+        halved = 2 * (n_c_lo - n_c_hi) <= (c_lo - c_hi)
         keep = lambda old, new: jnp.where(done, old, new)
         return (
             i + 1,
@@ -200,44 +207,46 @@ def _select_rows(x: jax.Array, k: jax.Array) -> jax.Array:
             keep(thr, jnp.where(hit, t, n_lo)),
             n_done,
             keep(exact, hit),
-            ~shrunk,
+            n_s_lo,
+            n_s_hi,
+            n_side,
+            jnp.where(halved | forced, 0, slow + 1),
         )
 
-    _, _, _, _, _, thr, _, exact, _ = jax.lax.while_loop(cond, body, state)
-    ge = x >= thr[:, None]
-    gt = x > thr[:, None]
-    eq = ge & ~gt
-    n_gt = jnp.sum(gt, axis=1, dtype=jnp.int32)
-    n_eq = jnp.sum(eq, axis=1, dtype=jnp.int32)
-    need = k - n_gt  # how many of the tied entries to keep
-    ties = ~exact & (n_eq > need) & (k > 0)
-    cut = _tie_cut(eq, need, ties)
-    idx = jnp.arange(n, dtype=jnp.int32)
-    return (
-        jnp.where(exact[:, None], ge, gt | (eq & (idx[None, :] < cut[:, None]))) & (k > 0)[:, None]
-    )
+    thr, exact = jax.lax.while_loop(cond, body, state)[5:8:2]
+    thr = thr[:, None]
+
+    def with_ties(_):
+        gt = x > thr
+        eq = (x >= thr) & ~gt
+        need = k - jnp.sum(gt, axis=1, dtype=jnp.int32)  # tied entries to keep
+        cut = _tie_cut(eq, need)
+        return gt | (eq & (jnp.arange(n, dtype=jnp.int32)[None, :] < cut[:, None]))
+
+    mask = jax.lax.cond(jnp.all(exact), lambda _: x >= thr, with_ties, None)
+    return mask & (k > 0)[:, None]
 
 
-def _tie_cut(eq: jax.Array, need: jax.Array, ties: jax.Array) -> jax.Array:
-    """Per row, the smallest index bound I with ``sum(eq[:I]) >= need`` (n+1 where no ties)."""
+def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:
+    """Per row, the index bound I such that ``eq[:I]`` holds exactly ``need`` True entries.
+
+    Blocked prefix count: one pass of per-block counts, a prefix sum over blocks, and a prefix
+    sum inside the one block holding the ``need``-th entry (a full-length cumsum is slow on
+    XLA:CPU).
+    """
     rows, n = eq.shape
-    idx = jnp.arange(n, dtype=jnp.int32)
-    nbits = max(int(n).bit_length(), 1)
-    # Bisection over the index bound I in [0, n]: find the largest I with count(eq[:I]) < need,
-    # then the cut is I + 1. Runs only while some row has ties.
-    start = (jnp.zeros((rows,), jnp.int32), jnp.int32(nbits - 1))
-
-    def cond(s):
-        return jnp.any(ties) & (s[1] >= 0)
-
-    def body(s):
-        base, bit = s
-        cand = base | (jnp.int32(1) << bit)
-        c = jnp.sum(eq & (idx[None, :] < cand[:, None]), axis=1, dtype=jnp.int32)
-        return jnp.where((c < need) & (cand <= n), cand, base), bit - 1
-
-    base, _ = jax.lax.while_loop(cond, body, start)
-    return jnp.where(ties, base + 1, n + 1)
+    block = min(512, n)
+    nb = -(-n // block)
+    e = jnp.pad(eq, ((0, 0), (0, nb * block - n))).reshape(rows, nb, block)
+    cum = jnp.cumsum(jnp.sum(e, axis=2, dtype=jnp.int32), axis=1)  # [rows, nb]
+    blk = jnp.minimum(jnp.sum(cum < need[:, None], axis=1, dtype=jnp.int32), nb - 1)
+    before = jnp.where(
+        blk > 0, jnp.take_along_axis(cum, jnp.maximum(blk - 1, 0)[:, None], 1)[:, 0], 0
+    )
+    inner = jnp.take_along_axis(e, blk[:, None, None], axis=1)[:, 0, :]  # [rows, block]
+    icum = jnp.cumsum(inner, axis=1, dtype=jnp.int32)
+    pos = jnp.sum(icum < (need - before)[:, None], axis=1, dtype=jnp.int32)
+    return jnp.where(need > 0, blk * block + pos + 1, 0)
 
 
 def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:

@@ -1,0 +1,37 @@
+"""Timing helpers for the benchmarks: interleaved repeats, medians, ratios in one process.
+
+The machine is shared and noisy, so every benchmark times its candidates *interleaved*
+(round-robin, one call each per round) and reports the median over rounds; ratios are
+computed between medians measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+
+
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]], rounds: int = 30, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each zero-argument function, timed round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Cost of Emrakul inside a train step, as ratios to the plain dense step (one run, medians).
+
+MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32, as in the foundation issue:
+
+* ``dense``: grad + Adam + apply_updates.
+* ``vitals+masks``: the forward pass uses ``masks.apply(params, masks)`` (90% sparse kernels),
+  the dense ("virtual") gradient is taken with respect to the masked weights, the vital signs
+  are updated, then Adam.
+* ``+ rigl masks``: the same, and every step every kernel's mask is recomputed as RigL does
+  (Evci et al. 2020): drop the 30% smallest-magnitude active weights, regrow as many inactive
+  weights with the largest gradient magnitude (two exact ``topk_mask`` selections per kernel).
+
+Targets: ``vitals+masks`` <= 1.05x dense, ``+ rigl masks`` <= 1.5x dense.
+Run: ``python -m benchmarks.step_overhead [--rounds 50] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks._timing import interleaved_medians, markdown_table
+from emrakul import masks as msk
+from emrakul import vitals
+
+SPARSITY = 0.9
+DROP_FRACTION = 0.3
+
+
+class MLP(nn.Module):
+    """784-512-512-10 ReLU MLP."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(512)(x))
+        x = nn.relu(nn.Dense(512)(x))
+        return nn.Dense(10)(x)
+
+
+def rigl_masks(masks, params, grads, drop_fraction):
+    """Drop the smallest active |w|, regrow the same number of inactive weights by |g|."""
+
+    def one(m, w, g):
+        n_active = jnp.sum(m, dtype=jnp.int32)
+        n_drop = jnp.round(drop_fraction * n_active).astype(jnp.int32)
+        keep = msk.topk_mask(jnp.where(m, jnp.abs(w), -jnp.inf), n_active - n_drop)
+        grow = msk.topk_mask(jnp.where(keep, -jnp.inf, jnp.abs(g)), n_drop)
+        return keep | grow
+
+    return msk.map_pruned(one, masks, params, grads)
+
+
+def build(batch: int):
+    model = MLP()
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (batch, 784))
+    y = jax.random.randint(key, (batch,), 0, 10)
+    params = model.init(key, x)["params"]
+    tx = optax.adam(1e-3)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def dense(p, o):
+        g = jax.grad(loss_fn)(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def with_vitals(p, o, v, m):
+        g = jax.grad(loss_fn)(msk.apply(p, m))  # dense gradient w.r.t. the masked weights
+        v = vitals.update(v, p, g, m)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, v
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
+    def with_rigl(p, o, v, m):
+        g = jax.grad(loss_fn)(msk.apply(p, m))
+        v = vitals.update(v, p, g, m)
+        m = rigl_masks(m, p, g, DROP_FRACTION)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, v, m
+
+    masks = msk.map_pruned(
+        lambda m, w: msk.select(jnp.abs(w), msk.Unstructured(), SPARSITY), msk.init(params), params
+    )
+    return params, tx.init(params), vitals.init(params), masks, dense, with_vitals, with_rigl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    params, opt, vit, masks, dense, with_vitals, with_rigl = build(args.batch)
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    state = {
+        "dense": [copy(params), copy(opt)],
+        "vitals+masks": [copy(params), copy(opt), copy(vit), masks],
+        "+ rigl masks": [copy(params), copy(opt), copy(vit), copy(masks)],
+    }
+
+    def runner(name, fn, n_carry):
+        def call():
+            out = fn(*state[name])
+            state[name][:n_carry] = out
+            return out
+
+        return call
+
+    fns = {
+        "dense": runner("dense", dense, 2),
+        "vitals+masks": runner("vitals+masks", with_vitals, 3),
+        "+ rigl masks": runner("+ rigl masks", with_rigl, 4),
+    }
+    results = {name: [] for name in fns}
+    for rep in range(args.repeats):
+        med = interleaved_medians(fns, rounds=args.rounds, warmup=3)
+        for name in fns:
+            results[name].append(med[name])
+        print(f"repeat {rep}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items()))
+    final_sparsity = float(msk.sparsity(state["+ rigl masks"][3]))
+    base = np.median(results["dense"])
+    rows = []
+    for name, target in [("dense", "-"), ("vitals+masks", "<= 1.05"), ("+ rigl masks", "<= 1.5")]:
+        t = np.median(results[name])
+        ratios = [r / d for r, d in zip(results[name], results["dense"], strict=True)]
+        rows.append([name, f"{t * 1e3:.3f}", f"{np.median(ratios):.3f}", target])
+    print(
+        f"\njax {jax.__version__}, {jax.default_backend()}, batch {args.batch}, kernels "
+        f"{SPARSITY:.0%} sparse (after RigL steps: {final_sparsity:.4f}); "
+        f"medians of {args.repeats} x {args.rounds} interleaved rounds"
+    )
+    print(markdown_table(["step", "ms", "ratio to dense", "target"], rows))
+    print(f"(dense median {base * 1e3:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()
