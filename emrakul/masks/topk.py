@@ -98,7 +98,7 @@ def _count_ge(x: jax.Array, t: jax.Array, negate: bool = False) -> jax.Array:
     return jnp.sum(ge, axis=1, dtype=jnp.int32)
 
 
-_SAMPLE = 1024
+_SAMPLE = 512
 
 
 def _sample_bracket(x: jax.Array, k: jax.Array):
