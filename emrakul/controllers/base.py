@@ -1,0 +1,104 @@
+"""The one interface every controller implements, heuristic or learned.
+
+A controller is a pair of pure functions (optax-style): ``init`` makes its state, ``decide``
+maps an :class:`Observation` of the training run to a :class:`Decision` and a new state. The
+surgery (:func:`emrakul.surgery.operate`) turns a decision into masks and lifecycle changes, so
+controllers never touch masks, optimizer states or structures themselves.
+
+Gate controllers (L0 hard-concrete, variational Bernoulli unit gates) additionally provide
+``gates`` (the float multipliers used in the forward pass) and ``learn`` (a gradient step on
+their gate parameters from the straight-through gradient); the wrapper calls them every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+from emrakul._tree import PyTree
+from emrakul.surgery.lifecycle import LYSED
+
+
+class Observation(NamedTuple):
+    """What a controller sees at a surgery time.
+
+    Attributes:
+      step: int32 scalar, the host step (0 before the first update).
+      total_steps: static int, the host steps of the whole run.
+      params: the dense weights theta (sedated weights hold their learned values, lysed 0).
+      grads: the dense straight-through gradient of the last step (zeros before the first).
+      state: the lifecycle tree (int8 ALIVE/SEDATED/LYSED; scalar markers where not pruned).
+      vitals: the :class:`emrakul.vitals.VitalsState` (``None`` if the controller does not
+        declare ``needs_vitals``).
+      layer_size: static tuple of ints, the number of weights of each pruned layer.
+      target: float32 [num_layers], the per-layer target sparsity of the run (from the budget
+        distribution, uniform or ERK).
+      key: a PRNG key for this decision.
+    """
+
+    step: jax.Array
+    total_steps: int
+    params: PyTree
+    grads: PyTree
+    state: PyTree
+    vitals: Any
+    layer_size: tuple
+    target: jax.Array
+    key: jax.Array
+
+
+class Decision(NamedTuple):
+    """What the surgery should do (all fields traced, per pruned layer where arrays).
+
+    For each pruned layer with ``n`` weights, the surgery keeps ``n - round(sparsity * n)``
+    weights ALIVE: first the best ``drop_score`` among the currently alive ones (minus
+    ``churn`` of them), then the best ``grow_score`` among the others that may (re)enter
+    (sedated ones, and lysed ones where the controller allows regrowth). Structured layers
+    (N:M, units) select in one stage by ``drop_score``.
+
+    Attributes:
+      sparsity: float32 [num_layers], the sparsity each layer should have after the surgery.
+      churn: float32 [num_layers], the fraction of alive weights to swap out and regrow
+        (RigL's / SET's drop fraction); 0 for monotone pruning.
+      drop_score: params-shaped tree (pruned leaves), higher = more worth keeping.
+      grow_score: params-shaped tree (pruned leaves), higher = regrow / wake first.
+      operate: bool scalar; False leaves masks and lifecycle untouched.
+    """
+
+    sparsity: jax.Array
+    churn: jax.Array
+    drop_score: PyTree
+    grow_score: PyTree
+    operate: jax.Array
+
+
+class Controller(NamedTuple):
+    """A pruning controller.
+
+    Attributes:
+      name: a short name (used in configs and tables).
+      init: ``(params, observation, key) -> controller_state``.
+      decide: ``(observation, controller_state) -> (Decision, controller_state)``.
+      drop_to: static, what weights leaving ALIVE become: ``LYSED`` (default) or ``SEDATED``.
+      regrow_lysed: static, whether lysed weights may be regrown (RigL, SET, DSD).
+      needs_vitals: static, whether the wrapper must keep vital signs for this controller.
+      gates: optional ``(controller_state, params, key) -> tree`` of float multipliers applied
+        in the forward pass on top of the alive mask (gate controllers); ``None`` otherwise.
+      learn: optional ``(controller_state, params, grads, key, step) -> controller_state``:
+        one gradient step on the gate parameters from the straight-through gradient ``grads``
+        (d loss / d effective weight); ``None`` otherwise.
+      penalty: optional ``(controller_state) -> scalar``, the regulariser the gates add to the
+        loss (for logging; ``learn`` already includes its gradient).
+    """
+
+    name: str
+    init: Callable[..., Any]
+    decide: Callable[..., tuple[Decision, Any]]
+    drop_to: int = LYSED
+    regrow_lysed: bool = False
+    needs_vitals: bool = False
+    gates: Callable[..., PyTree] | None = None
+    learn: Callable[..., Any] | None = None
+    penalty: Callable[..., jax.Array] | None = None
