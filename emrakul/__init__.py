@@ -1,7 +1,18 @@
 """Emrakul: dynamic, reinforcement-learning driven pruning of JAX networks while they train."""
 
-from emrakul import masks, vitals
+from emrakul import controllers, masks, surgery, vitals
+from emrakul.wrapper import EmrakulState, layer_sparsity, masked, sparsity, wrap
 
 __version__ = "0.1.0"
 
-__all__ = ["masks", "vitals"]
+__all__ = [
+    "EmrakulState",
+    "controllers",
+    "layer_sparsity",
+    "masked",
+    "masks",
+    "sparsity",
+    "surgery",
+    "vitals",
+    "wrap",
+]

@@ -1,0 +1,94 @@
+"""Config validation for the compiled loop: fail before compilation, naming the field.
+
+The fields themselves are documented in ``experiments/configs/default.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from emrakul import controllers as ctl
+from emrakul.masks.structures import NM, Structure, Units, Unstructured
+
+STRUCTURES = ("unstructured", "nm:N:M", "units")
+DISTRIBUTIONS = ("uniform", "erk")
+HOSTS = ("mlp", "cnn")
+
+
+def structure_from_config(spec: str) -> Structure:
+    """``"unstructured"``, ``"units"`` (output units/channels) or ``"nm:N:M"`` (e.g. ``nm:2:4``,
+    groups along the input axis of a kernel, i.e. axis -2)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"prune.structure must be a string like {STRUCTURES}, got {spec!r}")
+    s = spec.strip().lower()
+    if s == "unstructured":
+        return Unstructured()
+    if s == "units":
+        return Units(-1)
+    if s.startswith("nm:"):
+        parts = s.split(":")
+        try:
+            n, m = int(parts[1]), int(parts[2])
+        except (IndexError, ValueError) as e:
+            raise ValueError(f"prune.structure '{spec}': expected nm:N:M, e.g. nm:2:4") from e
+        if len(parts) != 3 or not 0 <= n <= m or m < 1:
+            raise ValueError(f"prune.structure '{spec}': need 0 <= N <= M, M >= 1")
+        return NM(n, m, -2)
+    raise ValueError(f"prune.structure: unknown structure '{spec}'; use one of {STRUCTURES}")
+
+
+def _need(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config.{field}: {msg}")
+
+
+def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | None = None) -> None:
+    """Raises ``ValueError`` naming the first invalid field of ``config``."""
+    names = list(controllers) if controllers is not None else [config.controller]
+    for name in names:
+        _need(name in ctl.NAMES, "controller", f"unknown controller '{name}'; use {ctl.NAMES}")
+    p = config.prune
+    _need(0.0 <= float(p.sparsity) < 1.0, "prune.sparsity", f"must lie in [0, 1), got {p.sparsity}")
+    _need(
+        p.distribution in DISTRIBUTIONS,
+        "prune.distribution",
+        f"unknown distribution '{p.distribution}'; use {DISTRIBUTIONS}",
+    )
+    structure_from_config(p.structure)
+    _need(int(p.every) >= 1, "prune.every", f"the surgery interval must be >= 1, got {p.every}")
+    _need(int(p.cooldown) >= 0, "prune.cooldown", f"must be >= 0, got {p.cooldown}")
+    _need(0.0 < float(p.vitals_decay) < 1.0, "prune.vitals_decay", "must lie in (0, 1)")
+    a = p.anesthesia
+    _need(0.0 < float(a.depth) <= 1.0, "prune.anesthesia.depth", "must lie in (0, 1]")
+    _need(0.0 <= float(a.recovery) <= 1.0, "prune.anesthesia.recovery", "must lie in [0, 1]")
+    t = config.train
+    _need(int(t.steps) >= int(p.every), "train.steps", "must be at least one surgery interval")
+    _need(int(t.batch_size) >= 1, "train.batch_size", "must be >= 1")
+    _need(float(t.lr) > 0, "train.lr", "must be > 0")
+    _need(config.host.kind in HOSTS, "host.kind", f"unknown host '{config.host.kind}'; {HOSTS}")
+    _need(len(tuple(config.host.width)) >= 1, "host.width", "needs at least one hidden width")
+    _need(int(config.data.num_samples) >= 100, "data.num_samples", "must be >= 100")
+    _need(0.0 < float(config.data.val) < 0.5, "data.val", "must lie in (0, 0.5)")
+
+
+def check_structure_fits(params_shapes, structure: Structure, filter_fn=None) -> None:
+    """Raises ``ValueError`` (field ``prune.structure``) if an N:M group does not divide a layer."""
+    from emrakul._tree import default_filter, path_str
+
+    if not isinstance(structure, NM):
+        return
+    filter_fn = filter_fn or default_filter
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params_shapes)[0]:
+        if not filter_fn(path, leaf):
+            continue
+        length = np.shape(leaf)[structure.axis]
+        _need(
+            length % structure.m == 0,
+            "prune.structure",
+            f"N:M with M={structure.m} does not divide layer '{path_str(path)}' "
+            f"(length {length} along axis {structure.axis})",
+        )

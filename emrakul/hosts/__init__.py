@@ -1,0 +1,45 @@
+"""Host networks that Emrakul trains and prunes, and the data they learn from.
+
+* :mod:`emrakul.hosts.mnist1d`: MNIST-1D (Greydanus 2020) generated in-process, jit-friendly
+  minibatch sampling.
+* :mod:`emrakul.hosts.classifier`: Flax Linen MLP and 1-D CNN classifiers, a fast ``Conv1D``,
+  and loss/metric helpers.
+"""
+
+from emrakul.hosts.classifier import (
+    CNN1D,
+    HOST_KINDS,
+    MLP,
+    Conv1D,
+    accuracy,
+    cross_entropy,
+    evaluate,
+    make_host,
+    max_pool2,
+)
+from emrakul.hosts.mnist1d import (
+    NUM_CLASSES,
+    SIGNAL_LENGTH,
+    Dataset,
+    Split,
+    load_mnist1d,
+    sample_batch,
+)
+
+__all__ = [
+    "CNN1D",
+    "HOST_KINDS",
+    "MLP",
+    "NUM_CLASSES",
+    "SIGNAL_LENGTH",
+    "Conv1D",
+    "Dataset",
+    "Split",
+    "accuracy",
+    "cross_entropy",
+    "evaluate",
+    "load_mnist1d",
+    "make_host",
+    "max_pool2",
+    "sample_batch",
+]

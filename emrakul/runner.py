@@ -1,0 +1,168 @@
+"""Drives the compiled loop from Python in chunks: progress, checkpoints, resumption, NaN stop.
+
+Every chunk is the same compiled program (``jit(vmap(run))`` over seeds with a fixed number of
+intervals), so nothing recompiles between chunks. After each chunk the whole state and the
+metrics recorded so far are checkpointed; a run started again with the same workdir resumes from
+the newest checkpoint that loads and ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from emrakul.checkpoint import Checkpointer
+from emrakul.loop import IntervalMetrics, RunState, make_train
+
+
+class Carry(NamedTuple):
+    """What a checkpoint holds: the vmapped run state and the metrics table filled so far."""
+
+    state: RunState
+    metrics: IntervalMetrics  # leaves [seeds, num_intervals, ...]
+
+
+class Result(NamedTuple):
+    """One controller's run over all seeds."""
+
+    controller: str
+    layer_names: tuple[str, ...]
+    metrics: IntervalMetrics  # numpy, [seeds, num_intervals, ...]
+    test: dict[str, np.ndarray]  # [seeds]
+    seconds: float
+    resumed_from: int  # chunks restored from a checkpoint (0 = fresh)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def _progress(prefix: str, done: int, total: int, start: float) -> None:
+    width = 30
+    frac = done / max(total, 1)
+    elapsed = time.time() - start
+    eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+    bar = "#" * int(width * frac) + "." * (width - int(width * frac))
+    sys.stderr.write(f"\r{prefix} [{bar}] {done}/{total} intervals, ETA {eta:5.0f}s ")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run_controller(
+    config: ml_collections.ConfigDict,
+    controller: str,
+    *,
+    seeds: int,
+    seed_offset: int = 0,
+    workdir: str | None = None,
+    chunk: int = 5,
+    progress: bool = True,
+    max_chunks: int | None = None,
+) -> Result | None:
+    """Trains ``seeds`` seeds of one controller, vmapped, in checkpointed chunks.
+
+    Args:
+      config: the experiment config.
+      controller: the controller name.
+      seeds: number of seeds (vmapped in one program).
+      seed_offset: the first seed (seeds are ``seed_offset, ..., seed_offset + seeds - 1``).
+      workdir: where checkpoints go (``workdir/checkpoints/<controller>``); ``None``: none.
+      chunk: surgery intervals per compiled chunk.
+      progress: print a progress bar to stderr.
+      max_chunks: stop after this many chunks of this call (to simulate an interruption in
+        tests); returns ``None`` if the run is not finished.
+
+    Returns:
+      A :class:`Result`, or ``None`` when stopped early by ``max_chunks``.
+
+    Raises:
+      NonFiniteLossError: the training loss became NaN or inf (the last good checkpoint is kept).
+    """
+    trainer = make_train(config, controller)
+    n = trainer.num_intervals
+    chunk = max(1, min(chunk, n))
+    num_chunks = math.ceil(n / chunk)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seed_offset, seed_offset + seeds))
+    init = jax.jit(jax.vmap(trainer.init))
+    run = jax.jit(jax.vmap(trainer.run, in_axes=(0, None)), static_argnums=1)
+    test = jax.jit(jax.vmap(lambda s: trainer.evaluate(s, "test")))
+
+    def empty_metrics(state):
+        one = jax.eval_shape(lambda s: trainer.run(s, 1)[1], jax.tree.map(lambda x: x[0], state))
+        return jax.tree.map(lambda x: jnp.zeros((seeds, n, *x.shape[1:]), x.dtype), one)
+
+    abstract = jax.eval_shape(lambda k: Carry(init(k), empty_metrics(init(k))), keys)
+    ckpt = None
+    resumed, done = 0, 0
+    carry = None
+    if workdir is not None:
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints", controller))
+        restored = ckpt.restore_latest(abstract)
+        if restored is not None:
+            done, carry = restored
+            resumed = done
+    if carry is None:
+        state = init(keys)
+        carry = Carry(state, empty_metrics(state))
+    start = time.time()
+    chunks_this_call = 0
+    while done < num_chunks:
+        if max_chunks is not None and chunks_this_call >= max_chunks:
+            return None
+        lo = done * chunk
+        size = min(chunk, n - lo)
+        state, metrics = run(carry.state, size)
+        losses = np.asarray(metrics.train_loss)
+        if not np.isfinite(losses).all():
+            bad = sorted({int(s) + seed_offset for s in np.nonzero(~np.isfinite(losses))[0]})
+            kept = f"chunk {done}" if ckpt is not None and done > 0 else "none"
+            raise NonFiniteLossError(
+                f"non-finite training loss for controller '{controller}' in intervals "
+                f"{lo}-{lo + size - 1} (seeds {bad}); stopped. Last good checkpoint: {kept}. "
+                "Lower train.lr or check the data."
+            )
+        table = jax.tree.map(
+            lambda full, new, lo=lo: jax.lax.dynamic_update_slice_in_dim(full, new, lo, axis=1),
+            carry.metrics,
+            metrics,
+        )
+        carry = Carry(state, table)
+        done += 1
+        chunks_this_call += 1
+        if ckpt is not None:
+            ckpt.save(done, carry)
+        if progress:
+            _progress(f"{controller:>10}", min(done * chunk, n), n, start)
+    final_test = {k: np.asarray(v) for k, v in test(carry.state).items()}
+    return Result(
+        controller=controller,
+        layer_names=trainer.layer_names,
+        metrics=jax.tree.map(np.asarray, carry.metrics),
+        test=final_test,
+        seconds=time.time() - start,
+        resumed_from=resumed,
+    )
+
+
+def rows(result: Result, seed_offset: int = 0) -> list[dict[str, Any]]:
+    """Flattens a result into JSON-serialisable rows, one per (seed, interval)."""
+    m = result.metrics
+    out = []
+    seeds, n = m.step.shape[:2]
+    for s in range(seeds):
+        for i in range(n):
+            row = {"controller": result.controller, "seed": s + seed_offset, "interval": i}
+            for field in IntervalMetrics._fields:
+                value = getattr(m, field)[s, i]
+                row[field] = value.tolist() if np.ndim(value) else value.item()
+            out.append(row)
+    return out

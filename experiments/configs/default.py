@@ -1,0 +1,54 @@
+"""Default experiment: MNIST-1D, an over-parameterised MLP, dense vs GMP vs RigL at 90%.
+
+Every field, with its meaning (override any of them with ``--config.FIELD=VALUE``):
+
+* ``controller``: the controller ``experiments.train`` uses when ``compare`` is empty.
+* ``compare``: controllers the main job runs one after another (each vmapped over ``seeds``).
+* ``seeds``: number of seeds per controller (vmapped in one compiled program).
+* ``controllers``: per-controller keyword arguments, e.g. ``controllers.rigl.alpha``.
+* ``host.kind``: ``mlp`` or ``cnn`` (a 1-D CNN on the 40-long signal).
+* ``host.width``: hidden widths (MLP) or channel counts (CNN).
+* ``data.seed``, ``data.num_samples``, ``data.val``: MNIST-1D generation seed, number of
+  examples (80% train+val, 20% test, as made by the ``mnist1d`` package), validation fraction
+  of the training part.
+* ``train.steps``: host training steps (rounded down to whole surgery intervals).
+* ``train.batch_size``, ``train.lr``: minibatch size and Adam learning rate.
+* ``prune.sparsity``: final target sparsity of the pruned leaves (kernels), in [0, 1).
+* ``prune.distribution``: ``uniform`` or ``erk`` per-layer budgets.
+* ``prune.structure``: ``unstructured``, ``units`` (output units) or ``nm:N:M``.
+* ``prune.every``: host steps per surgery interval (mask updates, validation, metrics rows).
+* ``prune.cooldown``: host steps a weight must wait after changing state (flip-flop damping).
+* ``prune.vitals_decay``: EMA decay of the vital signs (kept only for controllers needing them).
+* ``prune.anesthesia.threshold`` / ``.depth`` / ``.recovery``: a layer losing more than
+  ``threshold`` of its alive weights in one surgery has its learning rate multiplied by
+  ``depth``, recovering by ``recovery`` per step (``depth = 1`` turns anesthesia off).
+* ``run.chunk``: surgery intervals per compiled chunk (progress and checkpoint granularity).
+* ``run.checkpoint``: save orbax checkpoints under ``WORKDIR/checkpoints`` and resume from them.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The default experiment config."""
+    c = ml_collections.ConfigDict()
+    c.controller = "gmp"
+    c.compare = ["dense", "gmp", "rigl"]
+    c.seeds = 4
+    c.controllers = ml_collections.ConfigDict()
+    c.host = ml_collections.ConfigDict({"kind": "mlp", "width": [256, 256]})
+    c.data = ml_collections.ConfigDict({"seed": 0, "num_samples": 5000, "val": 0.1})
+    c.train = ml_collections.ConfigDict({"steps": 3000, "batch_size": 128, "lr": 1e-3})
+    c.prune = ml_collections.ConfigDict(
+        {
+            "sparsity": 0.9,
+            "distribution": "uniform",
+            "structure": "unstructured",
+            "every": 100,
+            "cooldown": 0,
+            "vitals_decay": 0.99,
+            "anesthesia": {"threshold": 1.0, "depth": 1.0, "recovery": 0.01},
+        }
+    )
+    c.run = ml_collections.ConfigDict({"chunk": 5, "checkpoint": True})
+    return c

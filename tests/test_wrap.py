@@ -1,0 +1,173 @@
+"""emrakul.wrap: the optax wrapper's lifecycle semantics, straight-through gradients, no retrace."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import emrakul
+from emrakul import controllers
+from emrakul.surgery.lifecycle import ALIVE, LYSED, SEDATED
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(4)(x)
+
+
+def setup(controller, steps=200, **kw):
+    net = Net()
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (64, 8))
+    y = jax.random.randint(jax.random.PRNGKey(1), (64,), 0, 4)
+    params = net.init(key, x)["params"]
+    tx = emrakul.wrap(optax.adam(1e-2), controller, total_steps=steps, **kw)
+    state = tx.init(params)
+
+    def loss_fn(p, s):
+        logits = net.apply({"params": emrakul.masked(p, s)}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(p, s):
+        loss, g = jax.value_and_grad(loss_fn)(p, s)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    return params, state, step, loss_fn
+
+
+def test_gmp_reaches_target_and_lysed_weights_are_zero_and_frozen():
+    params, state, step, _ = setup(controllers.gmp(0.2, 0.6), steps=200, sparsity=0.8, every=10)
+    for _ in range(200):
+        params, state, loss = step(params, state)
+    assert np.isfinite(float(loss))
+    np.testing.assert_allclose(float(emrakul.sparsity(state)), 0.8, atol=1e-3)
+    for name in ["Dense_0", "Dense_1"]:
+        life = np.asarray(state.life.state[name]["kernel"])
+        w = np.asarray(params[name]["kernel"])
+        assert (w[life == LYSED] == 0).all()
+        assert (w[life == ALIVE] != 0).any()
+    # Biases are not pruned (scalar markers) and keep learning.
+    assert np.ndim(state.life.state["Dense_0"]["bias"]) == 0
+    frozen = params
+    params2, state2, _ = step(params, state)
+    for name in ["Dense_0", "Dense_1"]:
+        life = np.asarray(state2.life.state[name]["kernel"])
+        before = np.asarray(frozen[name]["kernel"])[life == LYSED]
+        after = np.asarray(params2[name]["kernel"])[life == LYSED]
+        np.testing.assert_array_equal(before, after)
+
+
+def test_masked_is_straight_through():
+    params, state, step, loss_fn = setup(controllers.one_shot(0.0), steps=100, sparsity=0.5)
+    params, state, _ = step(params, state)  # first call: surgery at step 0 prunes to 50%
+    life = state.life.state["Dense_0"]["kernel"]
+    assert float(jnp.mean(life != ALIVE)) == pytest.approx(0.5, abs=0.01)
+    g = jax.grad(loss_fn)(params, state)["Dense_0"]["kernel"]
+    # Dense gradient: non-zero also where the weight is not in the forward pass.
+    assert float(jnp.abs(jnp.where(life != ALIVE, g, 0)).sum()) > 0
+    eff = emrakul.masked(params, state)["Dense_0"]["kernel"]
+    assert float(jnp.abs(jnp.where(life != ALIVE, eff, 0)).sum()) == 0
+
+
+def test_sedated_weights_keep_learning():
+    # harmonic sedates: sedated weights are zero in the forward pass but their theta changes.
+    params, state, step, _ = setup(controllers.harmonic(), steps=300, sparsity=0.7, every=10)
+    for _ in range(120):
+        params, state, _ = step(params, state)
+    life = np.asarray(state.life.state["Dense_0"]["kernel"])
+    assert (life == SEDATED).any() and not (life == LYSED).any()
+    before = np.asarray(params["Dense_0"]["kernel"])
+    params2, state2, _ = step(params, state)
+    still = (life == SEDATED) & (np.asarray(state2.life.state["Dense_0"]["kernel"]) == SEDATED)
+    after = np.asarray(params2["Dense_0"]["kernel"])
+    assert (before[still] != after[still]).mean() > 0.5
+
+
+def test_rigl_regrowth_resets_moments_and_keeps_sparsity():
+    params, state, step, _ = setup(controllers.rigl(0.5, 0.9), steps=200, sparsity=0.75, every=5)
+    for i in range(60):
+        prev = state.life.state["Dense_0"]["kernel"]
+        params, state, _ = step(params, state)
+        np.testing.assert_allclose(float(emrakul.sparsity(state)), 0.75, atol=2e-3)
+        if i > 0 and i % 5 == 0:
+            life = state.life.state["Dense_0"]["kernel"]
+            grown = (prev != ALIVE) & (life == ALIVE)
+            if bool(grown.any()):
+                # Regrown weights restart from zero (they were lysed) ...
+                w = params["Dense_0"]["kernel"]
+                mu = state.inner[0].mu["Dense_0"]["kernel"]
+                assert np.isfinite(np.asarray(w)).all()
+                # ... and their Adam moments were reset before this step's update, so the
+                # first moment equals (1 - b1) * g for them: far smaller than for old weights.
+                assert float(jnp.abs(jnp.where(grown, mu, 0)).max()) < 1.0
+    assert int(state.life.changes.sum()) > 0
+
+
+def test_surgery_schedule_and_knobs_do_not_retrace():
+    net = Net()
+    params = net.init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]
+    tx = emrakul.wrap(optax.sgd(0.1), controllers.gmp(), total_steps=100, every=10)
+    state = tx.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def update(g, s, p):
+        return tx.update(g, s, p)
+
+    g = jax.tree.map(jnp.ones_like, params)
+    for i in range(25):
+        if i == 12:  # change the budget, the cooldown and the interval: traced, no retrace
+            knobs = state.knobs._replace(
+                target=state.knobs.target * 0.5, cooldown=jnp.int32(3), every=jnp.int32(5)
+            )
+            state = state._replace(knobs=knobs)
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+    assert int(state.step) == 25
+
+
+def test_works_inside_optax_chain_and_with_sgd():
+    params = Net().init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]
+    net = Net()
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        emrakul.wrap(
+            optax.sgd(0.1), controllers.gmp(0.0, 0.5), total_steps=50, sparsity=0.5, every=5
+        ),
+    )
+    s = tx.init(params)
+    x = jnp.ones((4, 8))
+
+    @jax.jit
+    def step(params, s):
+        g = jax.grad(lambda p: net.apply({"params": emrakul.masked(p, s)}, x).sum())(params)
+        u, s = tx.update(g, s, params)
+        return optax.apply_updates(params, u), s
+
+    for _ in range(30):
+        params, s = step(params, s)
+    assert float(emrakul.sparsity(s)) > 0.3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="sparsity must lie"):
+        emrakul.wrap(optax.sgd(1.0), controllers.gmp(), total_steps=10, sparsity=1.0)
+    with pytest.raises(ValueError, match="every"):
+        emrakul.wrap(optax.sgd(1.0), controllers.gmp(), total_steps=10, every=0)
+    with pytest.raises(TypeError, match="Controller"):
+        emrakul.wrap(optax.sgd(1.0), "gmp", total_steps=10)
+    with pytest.raises(TypeError, match="unknown sparsity structure"):
+        emrakul.wrap(optax.sgd(1.0), controllers.gmp(), total_steps=10, structure="nm")
+    tx = emrakul.wrap(optax.sgd(1.0), controllers.gmp(), total_steps=10)
+    with pytest.raises(ValueError, match="no leaf to prune"):
+        tx.init({"bias": jnp.ones(3)})
+    with pytest.raises(ValueError, match="needs params"):
+        state = tx.init({"kernel": jnp.ones((3, 3))})
+        tx.update({"kernel": jnp.ones((3, 3))}, state)
