@@ -3,11 +3,12 @@
 Every field, with its meaning (override any of them with ``--config.FIELD=VALUE``):
 
 * ``controller``: the controller ``experiments.train`` uses when ``compare`` is empty.
-* ``compare``: controllers the main job runs one after another (each vmapped over ``seeds``).
+* ``compare``: comma-separated controllers the main job runs one after another (each vmapped
+  over ``seeds``).
 * ``seeds``: number of seeds per controller (vmapped in one compiled program).
 * ``controllers``: per-controller keyword arguments, e.g. ``controllers.rigl.alpha``.
 * ``host.kind``: ``mlp`` or ``cnn`` (a 1-D CNN on the 40-long signal).
-* ``host.width``: hidden widths (MLP) or channel counts (CNN).
+* ``host.width``: a tuple of hidden widths (MLP) or channel counts (CNN), e.g. ``"(512, 512)"``.
 * ``data.seed``, ``data.num_samples``, ``data.val``: MNIST-1D generation seed, number of
   examples (80% train+val, 20% test, as made by the ``mnist1d`` package), validation fraction
   of the training part.
@@ -33,10 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     """The default experiment config."""
     c = ml_collections.ConfigDict()
     c.controller = "gmp"
-    c.compare = ["dense", "gmp", "rigl"]
+    c.compare = "dense,gmp,rigl"
     c.seeds = 4
     c.controllers = ml_collections.ConfigDict()
-    c.host = ml_collections.ConfigDict({"kind": "mlp", "width": [256, 256]})
+    c.host = ml_collections.ConfigDict({"kind": "mlp", "width": (256, 256)})
     c.data = ml_collections.ConfigDict({"seed": 0, "num_samples": 5000, "val": 0.1})
     c.train = ml_collections.ConfigDict({"steps": 3000, "batch_size": 128, "lr": 1e-3})
     c.prune = ml_collections.ConfigDict(

@@ -1,0 +1,74 @@
+"""Smoke tests of the absl entry points (tiny configs, real subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.train.steps=200",
+    "--config.seeds=2",
+    "--config.host.width=(32,)",
+    "--config.data.num_samples=600",
+    "--config.prune.every=20",
+    "--config.prune.sparsity=0.8",
+    "--config.run.chunk=5",
+]
+
+
+def read_lines(path):
+    with open(path) as f:
+        return f.read().strip().splitlines()
+
+
+def run(module, *args):
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_train_main_job_writes_everything(tmp_path):
+    work = str(tmp_path / "run")
+    out = run("experiments.train", f"--workdir={work}", "--config.compare=dense,gmp", *TINY)
+    assert "| gmp | 2 |" in out.stdout
+    for name in ["metrics.jsonl", "summary.json", "summary.md", "config.json",
+                 "accuracy_loss.png", "layer_sparsity.png", "mask_churn.png"]:  # fmt: skip
+        assert os.path.getsize(os.path.join(work, name)) > 0, name
+    with open(os.path.join(work, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["gmp"]["final_sparsity_mean"] == pytest.approx(0.8, abs=1e-3)
+    assert summary["dense"]["final_sparsity_mean"] == 0.0
+    with open(os.path.join(work, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 2 * 2 * 10  # controllers x seeds x intervals
+
+
+def test_train_rejects_bad_config_before_compiling(tmp_path):
+    args = ["-m", "experiments.train", f"--workdir={tmp_path}", "--config.prune.sparsity=1.5"]
+    out = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode != 0
+    assert "config.prune.sparsity" in out.stderr
+
+
+def test_sweep_skips_finished_cells(tmp_path):
+    work = str(tmp_path / "sweep")
+    args = [f"--workdir={work}", "--controllers=gmp", "--sparsities=0.8", "--seeds=2", *TINY]
+    run("experiments.sweep", *args)
+    lines = read_lines(os.path.join(work, "results.csv"))
+    assert len(lines) == 1 + 2
+    again = run("experiments.sweep", *args)
+    assert "skip gmp @ 0.8" in again.stdout
+    assert read_lines(os.path.join(work, "results.csv")) == lines
+    assert os.path.exists(os.path.join(work, "accuracy_vs_sparsity.png"))
