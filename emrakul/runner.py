@@ -8,7 +8,6 @@ the newest checkpoint that loads and ends with exactly the metrics of an uninter
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ class Result(NamedTuple):
     test: dict[str, np.ndarray]  # [seeds]
     seconds: float
     resumed_from: int  # chunks restored from a checkpoint (0 = fresh)
+    compilations: int  # programs compiled for the chunks (1: nothing recompiled between chunks)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -89,8 +89,10 @@ def run_controller(
     """
     trainer = make_train(config, controller)
     n = trainer.num_intervals
-    chunk = max(1, min(chunk, n))
-    num_chunks = math.ceil(n / chunk)
+    # The largest chunk <= the requested one that divides the run: every chunk is then the same
+    # compiled program (a shorter last chunk would compile a second one).
+    chunk = max(d for d in range(1, max(1, min(chunk, n)) + 1) if n % d == 0)
+    num_chunks = n // chunk
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seed_offset, seed_offset + seeds))
     init = jax.jit(jax.vmap(trainer.init))
     run = jax.jit(jax.vmap(trainer.run, in_axes=(0, None)), static_argnums=1)
@@ -150,6 +152,7 @@ def run_controller(
         test=final_test,
         seconds=time.time() - start,
         resumed_from=resumed,
+        compilations=run._cache_size(),
     )
 
 

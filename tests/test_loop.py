@@ -44,6 +44,7 @@ def test_run_reaches_target_and_records_metrics(full_run):
     np.testing.assert_allclose(r.metrics.sparsity[:, -1], 0.8, atol=1e-3)
     assert (r.test["accuracy"] > 0.1).all()
     assert r.layer_names == ("Dense_0/kernel", "Dense_1/kernel")
+    assert r.compilations == 1  # four chunks, one compiled program
 
 
 def test_interrupted_run_resumes_to_identical_metrics(full_run, tmp_path):

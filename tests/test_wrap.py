@@ -171,3 +171,46 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="needs params"):
         state = tx.init({"kernel": jnp.ones((3, 3))})
         tx.update({"kernel": jnp.ones((3, 3))}, state)
+
+
+def test_anesthesia_damps_a_layer_after_a_large_cut_and_recovers():
+    params, state, step, _ = setup(
+        controllers.one_shot(0.1),
+        steps=100,
+        sparsity=0.8,
+        every=10,
+        anesthesia_threshold=0.5,
+        anesthesia_depth=0.1,
+        anesthesia_recovery=0.1,
+    )
+    for _ in range(10):
+        params, state, _ = step(params, state)
+    np.testing.assert_allclose(np.asarray(state.lr_scale), 1.0)
+    params, state, _ = step(params, state)  # step 10: the one-shot cut of 80%
+    np.testing.assert_allclose(np.asarray(state.last_cut), 0.8, atol=5e-3)
+    np.testing.assert_allclose(np.asarray(state.lr_scale), 1 - 0.9 * 0.9, rtol=1e-5)
+    for _ in range(20):
+        params, state, _ = step(params, state)
+    assert (np.asarray(state.lr_scale) > 0.85).all()
+
+
+@pytest.mark.parametrize(
+    "structure,check",
+    [
+        (emrakul.masks.NM(None, 4, -2), "nm"),
+        (emrakul.masks.Units(-1), "units"),
+    ],
+)
+def test_structured_pruning_through_the_wrapper(structure, check):
+    params, state, step, _ = setup(
+        controllers.gmp(0.0, 0.5), steps=100, sparsity=0.5, every=10, structure=structure
+    )
+    for _ in range(60):
+        params, state, _ = step(params, state)
+    alive = np.asarray(state.life.state["Dense_0"]["kernel"]) == ALIVE  # [8, 32]
+    if check == "nm":
+        assert bool(emrakul.masks.is_nm(alive, 2, 4, axis=0, exact=True))
+    else:
+        per_unit = alive.mean(axis=0)
+        assert set(np.unique(per_unit)) <= {0.0, 1.0}
+        assert per_unit.mean() == pytest.approx(0.5)
