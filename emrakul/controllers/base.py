@@ -62,8 +62,9 @@ class Decision(NamedTuple):
       sparsity: float32 [num_layers], the sparsity each layer should have after the surgery.
       churn: float32 [num_layers], the fraction of alive weights to swap out and regrow
         (RigL's / SET's drop fraction); 0 for monotone pruning.
-      drop_score: params-shaped tree (pruned leaves), higher = more worth keeping.
-      grow_score: params-shaped tree (pruned leaves), higher = regrow / wake first.
+      drop_score: a tree with the params' structure, higher = more worth keeping; pruned leaves
+        hold arrays of the param's shape, the others a scalar ``0.0`` placeholder (never read).
+      grow_score: the same layout, higher = regrow / wake first.
       operate: bool scalar; False leaves masks and lifecycle untouched.
     """
 
@@ -90,7 +91,10 @@ class Controller(NamedTuple):
         one gradient step on the gate parameters from the straight-through gradient ``grads``
         (d loss / d effective weight); ``None`` otherwise.
       penalty: optional ``(controller_state) -> scalar``, the regulariser the gates add to the
-        loss (for logging; ``learn`` already includes its gradient).
+        loss, weight included (for logging; ``learn`` already includes its gradient).
+
+    ``Observation`` carries static Python values (``total_steps``, ``layer_size``), so build it
+    inside the traced function rather than passing it as a ``jit`` argument (the wrapper does).
     """
 
     name: str
