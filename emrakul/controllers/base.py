@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from emrakul._tree import PyTree
+from emrakul.masks.tree import is_pruned
 from emrakul.surgery.lifecycle import LYSED
 
 
@@ -106,3 +108,25 @@ class Controller(NamedTuple):
     gates: Callable[..., PyTree] | None = None
     learn: Callable[..., Any] | None = None
     penalty: Callable[..., jax.Array] | None = None
+
+
+def leaf_scores(obs: Observation, fn: Callable[..., jax.Array], *trees: PyTree) -> PyTree:
+    """``fn(*leaves)`` as float32 on the pruned leaves; the scalar ``0.0`` placeholder elsewhere."""
+    return jax.tree.map(
+        lambda s, *xs: jnp.asarray(fn(*xs), jnp.float32) if is_pruned(s) else jnp.float32(0.0),
+        obs.state,
+        *trees,
+    )
+
+
+def make_decision(
+    num_layers: int, sparsity, churn, drop: PyTree, grow: PyTree, operate
+) -> Decision:
+    """A :class:`Decision`, broadcasting scalar ``sparsity`` / ``churn`` to every layer."""
+    return Decision(
+        sparsity=jnp.broadcast_to(jnp.asarray(sparsity, jnp.float32), (num_layers,)),
+        churn=jnp.broadcast_to(jnp.asarray(churn, jnp.float32), (num_layers,)),
+        drop_score=drop,
+        grow_score=grow,
+        operate=jnp.asarray(operate, bool),
+    )

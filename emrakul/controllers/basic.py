@@ -18,7 +18,13 @@ import numpy as np
 
 from emrakul._tree import PyTree, check_same_structure
 from emrakul.controllers import schedules
-from emrakul.controllers.base import Controller, Decision, Observation
+from emrakul.controllers.base import (
+    Controller,
+    Decision,
+    Observation,
+    leaf_scores,
+    make_decision,
+)
 from emrakul.masks.tree import is_pruned
 from emrakul.surgery.lifecycle import ALIVE, LYSED
 
@@ -45,17 +51,8 @@ def _advance(state: BasicState, fired: jax.Array) -> BasicState:
     return BasicState(fired=state.fired | fired, calls=state.calls + 1)
 
 
-def _scores(obs: Observation, fn, *trees: PyTree) -> PyTree:
-    """``fn(*leaves)`` (as float32) on pruned leaves; a scalar 0 marker elsewhere."""
-    return jax.tree.map(
-        lambda s, *xs: jnp.asarray(fn(*xs), jnp.float32) if is_pruned(s) else jnp.float32(0.0),
-        obs.state,
-        *trees,
-    )
-
-
 def _magnitude(obs: Observation) -> PyTree:
-    return _scores(obs, jnp.abs, obs.params)
+    return leaf_scores(obs, jnp.abs, obs.params)
 
 
 def _random(obs: Observation, key: jax.Array) -> PyTree:
@@ -104,14 +101,7 @@ def _check_fraction(name: str, value: float, upper: float = 1.0) -> None:
 
 
 def _decision(obs, sparsity, churn, drop, grow, operate) -> Decision:
-    num = len(obs.layer_size)
-    return Decision(
-        sparsity=jnp.broadcast_to(jnp.asarray(sparsity, jnp.float32), (num,)),
-        churn=jnp.broadcast_to(jnp.asarray(churn, jnp.float32), (num,)),
-        drop_score=drop,
-        grow_score=grow,
-        operate=jnp.asarray(operate, bool),
-    )
+    return make_decision(len(obs.layer_size), sparsity, churn, drop, grow, operate)
 
 
 def dense() -> Controller:
@@ -119,7 +109,7 @@ def dense() -> Controller:
 
     def decide(obs: Observation, state: BasicState):
         _target(obs)  # validates the observation
-        zeros = _scores(obs, jnp.zeros_like, obs.params)
+        zeros = leaf_scores(obs, jnp.zeros_like, obs.params)
         decision = _decision(obs, current_sparsity(obs), 0.0, zeros, zeros, False)
         return decision, _advance(state, jnp.zeros((), bool))
 
@@ -155,7 +145,7 @@ def snip() -> Controller:
     def decide(obs: Observation, state: BasicState):
         target = _target(obs)
         fire = ~state.fired
-        saliency = _scores(obs, lambda w, g: jnp.abs(w * g), obs.params, obs.grads)
+        saliency = leaf_scores(obs, lambda w, g: jnp.abs(w * g), obs.params, obs.grads)
         decision = _decision(obs, target, 0.0, saliency, saliency, fire)
         return decision, _advance(state, fire)
 
@@ -228,6 +218,6 @@ def rigl(alpha: float = 0.3, end: float = 0.75) -> Controller:
 
     def grow(obs: Observation, key: jax.Array) -> PyTree:
         del key
-        return _scores(obs, jnp.abs, obs.grads)
+        return leaf_scores(obs, jnp.abs, obs.grads)
 
     return _dynamic_sparse("rigl", end, churn, grow)

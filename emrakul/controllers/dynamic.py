@@ -24,7 +24,13 @@ import numpy as np
 
 from emrakul._tree import PyTree, check_same_structure
 from emrakul.controllers import schedules
-from emrakul.controllers.base import Controller, Decision, Observation
+from emrakul.controllers.base import (
+    Controller,
+    Decision,
+    Observation,
+    leaf_scores,
+    make_decision,
+)
 from emrakul.masks.tree import is_pruned
 from emrakul.surgery.lifecycle import ALIVE, LYSED, SEDATED
 from emrakul.vitals.signals import gsnr as gsnr_signal
@@ -82,21 +88,10 @@ def _pruned_count(obs: Observation, name: str) -> int:
 
 def _scores(obs: Observation, fn: Callable[..., jax.Array], *trees: PyTree) -> PyTree:
     """``fn(state, *leaves)`` as float32 on pruned leaves; a scalar 0 marker elsewhere."""
-    return jax.tree.map(
-        lambda s, *xs: jnp.asarray(fn(s, *xs), jnp.float32) if is_pruned(s) else jnp.float32(0),
-        obs.state,
-        *trees,
-    )
+    return leaf_scores(obs, fn, obs.state, *trees)
 
 
-def _decision(num: int, sparsity, churn, drop: PyTree, grow: PyTree, operate) -> Decision:
-    return Decision(
-        sparsity=jnp.broadcast_to(jnp.asarray(sparsity, jnp.float32), (num,)),
-        churn=jnp.broadcast_to(jnp.asarray(churn, jnp.float32), (num,)),
-        drop_score=drop,
-        grow_score=grow,
-        operate=jnp.asarray(operate, bool),
-    )
+_decision = make_decision
 
 
 def _between(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
