@@ -58,7 +58,15 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
         "prune.distribution",
         f"unknown distribution '{p.distribution}'; use {DISTRIBUTIONS}",
     )
-    structure_from_config(p.structure)
+    structure = structure_from_config(p.structure)
+    if isinstance(structure, NM) and structure.n is not None:
+        implied = 1.0 - structure.n / structure.m
+        _need(
+            abs(implied - float(p.sparsity)) < 1e-6,
+            "prune.sparsity",
+            f"prune.structure '{p.structure}' fixes the sparsity at {implied:g} but "
+            f"prune.sparsity is {p.sparsity}; set prune.sparsity={implied:g}",
+        )
     _need(int(p.every) >= 1, "prune.every", f"the surgery interval must be >= 1, got {p.every}")
     _need(int(p.cooldown) >= 0, "prune.cooldown", f"must be >= 0, got {p.cooldown}")
     _need(0.0 < float(p.vitals_decay) < 1.0, "prune.vitals_decay", "must lie in (0, 1)")

@@ -91,7 +91,8 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         ("prune.every", 0, "config.prune.every"),
         ("controller", "magic", "config.controller"),
         ("prune.structure", "blocks", "prune.structure"),
-        ("prune.structure", "nm:2:3", "prune.structure"),
+        ("prune.structure", "nm:1:3", "does not divide layer"),
+        ("prune.structure", "nm:2:4", "fixes the sparsity at 0.5"),
         ("prune.distribution", "zipf", "config.prune.distribution"),
         ("host.kind", "rnn", "config.host.kind"),
     ],
@@ -103,5 +104,7 @@ def test_invalid_config_fails_before_compiling(field, value, match):
     for p in parts[:-1]:
         node = node[p]
     node[parts[-1]] = value
+    if value == "nm:1:3":  # consistent sparsity, so that the error is the group not dividing
+        c.prune.sparsity = 2 / 3
     with pytest.raises(ValueError, match=match):
         make_train(c)
