@@ -389,3 +389,35 @@ def test_anesthesia():
     np.testing.assert_allclose(batched, [[0.2] * 3, [1.0] * 3])
     with pytest.raises(ValueError, match="same shape"):
         anesthetize(jnp.ones(3), jnp.ones(2), 0.1, 0.1)
+
+
+def test_lyse_marks_override_drop_to_and_kill_marked_sedated_weights():
+    import jax.numpy as jnp
+
+    from emrakul.controllers.base import Decision
+    from emrakul.surgery import lifecycle as lc
+    from emrakul.surgery.operate import operate
+
+    params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+    life = lc.init({"w": jnp.ones((2, 4), bool)})
+    state = jnp.array([[0, 0, 0, 0], [1, 1, 0, 0]], jnp.int8)  # two sedated weights
+    life = life._replace(state={"w": state})
+    lyse = {"w": jnp.array([[True, False, False, False], [True, False, False, False]])}
+    score = {"w": params["w"]}
+    decision = Decision(
+        sparsity=jnp.array([0.5]),
+        churn=jnp.zeros(1),
+        drop_score=score,
+        grow_score=score,
+        operate=jnp.bool_(True),
+        lyse=lyse,
+    )
+    res = operate(life, decision, params, 10, structures=(Unstructured(),),
+                  drop_to=lc.SEDATED, regrow_lysed=False, cooldown=0)  # fmt: skip
+    new = np.asarray(res.life.state["w"])
+    # Alive [1,2,3,4 | 7,8] keep the 4 largest alive by score (3,4,7,8... sedated 5,6 may wake).
+    assert (new == lc.ALIVE).sum() == 4
+    assert new[0, 0] == lc.LYSED and float(res.params["w"][0, 0]) == 0.0  # marked, left
+    assert new[0, 1] == lc.SEDATED  # left, unmarked: drop_to
+    assert new[1, 0] == lc.LYSED  # sedated, marked, stays out: lysed
+    assert bool(res.reset["w"][0, 0]) and bool(res.reset["w"][1, 0])

@@ -68,6 +68,10 @@ class Decision(NamedTuple):
         hold arrays of the param's shape, the others a scalar ``0.0`` placeholder (never read).
       grow_score: the same layout, higher = regrow / wake first.
       operate: bool scalar; False leaves masks and lifecycle untouched.
+      lyse: optional bool tree with the params' structure (scalar placeholders where not
+        pruned): weights marked here that leave ALIVE become LYSED whatever ``drop_to`` says,
+        and marked SEDATED weights that stay out of ALIVE are lysed too (the learned
+        controller's per-region "lyse" decision). ``None``: only ``drop_to`` applies.
     """
 
     sparsity: jax.Array
@@ -75,6 +79,7 @@ class Decision(NamedTuple):
     drop_score: PyTree
     grow_score: PyTree
     operate: jax.Array
+    lyse: PyTree | None = None
 
 
 class Controller(NamedTuple):

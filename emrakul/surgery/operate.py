@@ -31,10 +31,11 @@ weights that may be alive. A selected unit or group never revives a non-eligible
 a locked alive weight stays alive even where its unit or group is not selected, so the
 structure holds exactly when no weight in it is locked or barred.
 
-Weights leaving ALIVE become ``drop_to``: ``LYSED`` weights are set to 0 and their optimizer
-moments reset; ``SEDATED`` weights keep their value and keep learning. Weights entering ALIVE
-from SEDATED keep their value ("waking"); from LYSED they restart at 0 with reset moments
-(RigL's zero initialisation of regrown connections).
+Weights leaving ALIVE become ``drop_to`` (or LYSED where ``decision.lyse`` marks them; marked
+SEDATED weights that stay out of ALIVE are lysed as well): ``LYSED`` weights are set to 0 and
+their optimizer moments reset; ``SEDATED`` weights keep their value and keep learning.
+Weights entering ALIVE from SEDATED keep their value ("waking"); from LYSED they restart at 0
+with reset moments (RigL's zero initialisation of regrown connections).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def _operate_layer(
     structure,
     drop_to: int,
     regrow_lysed: bool,
+    lyse=None,
 ) -> _Layer:
     alive = state == ALIVE
     since = step - changed_at
@@ -156,9 +158,16 @@ def _operate_layer(
         new_alive = _structured(alive, locked, can_enter, drop, sparsity, structure)
     left = alive & ~new_alive & go
     entered = ~alive & new_alive & go
-    changed = left | entered
+    if lyse is None:
+        to_lysed = left if drop_to == LYSED else jnp.zeros_like(left)
+    else:  # per-weight lysis: leaving weights marked, and marked sedated ones that stay out
+        marked = jnp.asarray(lyse, bool) & ~locked & go
+        left_lysed = left & marked if drop_to == SEDATED else left
+        to_lysed = left_lysed | ((state == SEDATED) & ~new_alive & marked)
+    changed = left | entered | to_lysed
     new_state = jnp.where(left, jnp.int8(drop_to), jnp.where(entered, jnp.int8(ALIVE), state))
-    lysed_now = left if drop_to == LYSED else jnp.zeros_like(left)
+    new_state = jnp.where(to_lysed, jnp.int8(LYSED), new_state)
+    lysed_now = to_lysed
     reset = lysed_now | (entered & (state == LYSED))
     n_alive = _count(alive)
     return _Layer(
@@ -258,12 +267,16 @@ def operate(
     c_leaves = jax.tree.leaves(life.changed_at)
     d_leaves = jax.tree.leaves(decision.drop_score)
     g_leaves = jax.tree.leaves(decision.grow_score)
+    lyse = getattr(decision, "lyse", None)
+    if lyse is not None:
+        check_same_structure(params, lyse, "params", "decision.lyse")
+    y_leaves = jax.tree.leaves(lyse) if lyse is not None else [None] * len(p_leaves)
     reset = [jnp.zeros((), bool) for _ in p_leaves]
     layers = []
     for j, (i, structure) in enumerate(zip(pruned, structures, strict=True)):
         leaves = (s_leaves[i], c_leaves[i], p_leaves[i], d_leaves[i], g_leaves[i])
         knobs = (decision.sparsity[j], decision.churn[j], go, step, cooldown)
-        out = _operate_layer(*leaves, *knobs, structure, drop_to, regrow_lysed)
+        out = _operate_layer(*leaves, *knobs, structure, drop_to, regrow_lysed, y_leaves[i])
         s_leaves[i], c_leaves[i], p_leaves[i] = out.state, out.changed_at, out.param
         reset[i] = out.reset
         layers.append(out)
