@@ -353,7 +353,9 @@ def wrap(
             )
         vitals = state.vitals
         if vitals is not None:
-            vitals = vit.update(vitals, params, grads, msk_of(life), state.knobs.vitals_decay)
+            vitals = vit.update(
+                vitals, params, grads, lifecycle.alive_mask(life), state.knobs.vitals_decay
+            )
         gate = state.gate
 
         def route(g, s, gt):
@@ -402,20 +404,13 @@ def wrap(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def msk_of(life_state: PyTree) -> PyTree:
-    """The alive mask of a lifecycle-state tree (scalar True markers kept)."""
-    return jax.tree.map(
-        lambda s: s == lifecycle.ALIVE if jnp.ndim(s) else jnp.bool_(True), life_state
-    )
-
-
 def _gate_key(key: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(key, 2 * step)
 
 
 def sparsity(state: Any) -> jax.Array:
     """Fraction of pruned-leaf weights that are not ALIVE."""
-    return msk.sparsity(msk_of(_find_state(state).life.state))
+    return msk.sparsity(lifecycle.alive_mask(_find_state(state).life.state))
 
 
 def layer_sparsity(state: Any) -> jax.Array:

@@ -58,9 +58,15 @@ def init(masks: PyTree) -> Lifecycle:
     return Lifecycle(state, changed_at, jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32))
 
 
+def alive_mask(state: PyTree) -> PyTree:
+    """The forward-pass mask of a lifecycle-state tree: True where ALIVE (the scalar ALIVE
+    markers of unpruned leaves become scalar True markers, as in :mod:`emrakul.masks`)."""
+    return jax.tree.map(lambda s: s == ALIVE, state)
+
+
 def alive(life: Lifecycle) -> PyTree:
-    """The forward-pass mask: True where ALIVE (scalar True markers for unpruned leaves)."""
-    return jax.tree.map(lambda s: s == ALIVE, life.state)
+    """The forward-pass mask of a :class:`Lifecycle` (see :func:`alive_mask`)."""
+    return alive_mask(life.state)
 
 
 def pruned_leaves(tree: PyTree, life: Lifecycle) -> list:
