@@ -55,6 +55,7 @@ class IntervalMetrics(NamedTuple):
     train_loss: jax.Array
     val_loss: jax.Array
     val_accuracy: jax.Array
+    val_loss_after_cut: jax.Array  # validation loss right after the surgery's step
     sparsity: jax.Array
     layer_sparsity: jax.Array  # [num_layers]
     cut: jax.Array  # [num_layers] fraction of alive weights removed by this interval's surgery
@@ -74,6 +75,7 @@ class Trainer(NamedTuple):
     run: Any
     evaluate: Any
     train: Any
+    interval: Any
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
@@ -88,12 +90,15 @@ def _layer_names(params, life_state) -> tuple[str, ...]:
     return tuple(names)
 
 
-def make_train(config: ml_collections.ConfigDict, controller: str | None = None) -> Trainer:
+def make_train(
+    config: ml_collections.ConfigDict, controller: str | ctl.Controller | None = None
+) -> Trainer:
     """Builds the training program for ``config`` (validated before anything compiles).
 
     Args:
       config: an experiment config (``experiments/configs/default.py`` documents every field).
-      controller: the controller name to use; defaults to ``config.controller``.
+      controller: the controller name to use (default ``config.controller``), or a
+        :class:`~emrakul.controllers.Controller` object (e.g. the learned controller).
 
     Returns:
       A :class:`Trainer`.
@@ -101,8 +106,13 @@ def make_train(config: ml_collections.ConfigDict, controller: str | None = None)
     Raises:
       ValueError: an invalid config, naming the field.
     """
-    validate(config)
-    name = controller or config.controller
+    if isinstance(controller, ctl.Controller):
+        validate(config, [])
+        controller_obj = controller
+    else:
+        name = controller or config.controller
+        validate(config, [name])
+        controller_obj = ctl.make(name, **dict(config.controllers.get(name, {})))
     data = hosts.load_mnist1d(
         seed=config.data.seed, num_samples=config.data.num_samples, val_fraction=config.data.val
     )
@@ -114,7 +124,6 @@ def make_train(config: ml_collections.ConfigDict, controller: str | None = None)
     every = int(config.prune.every)
     num_intervals = steps // every
     total = num_intervals * every
-    controller_obj = ctl.make(name, **dict(config.controllers.get(name, {})))
     tx = wrap_mod.wrap(
         optax.adam(config.train.lr),
         controller_obj,
@@ -160,6 +169,7 @@ def make_train(config: ml_collections.ConfigDict, controller: str | None = None)
     def interval(state: RunState, _) -> tuple[RunState, IntervalMetrics]:
         carry = (state.params, state.opt_state, state.key)
         carry, first = host_step(carry, True)
+        after_cut = evaluate(RunState(carry[0], carry[1], carry[2], state.interval), "val")
         carry, rest = jax.lax.scan(lambda c, _: host_step(c, False), carry, None, every - 1)
         params, opt_state, key = carry
         state = RunState(params, opt_state, key, state.interval + 1)
@@ -173,6 +183,7 @@ def make_train(config: ml_collections.ConfigDict, controller: str | None = None)
             train_loss=(first + jnp.sum(rest)) / every,
             val_loss=val["loss"],
             val_accuracy=val["accuracy"],
+            val_loss_after_cut=after_cut["loss"],
             sparsity=jnp.sum(dead) / jnp.sum(sizes),
             layer_sparsity=dead / sizes,
             cut=opt_state.last_cut,
@@ -191,4 +202,5 @@ def make_train(config: ml_collections.ConfigDict, controller: str | None = None)
 
     probe = jax.eval_shape(init, jax.random.PRNGKey(0))
     names = _layer_names(probe.params, probe.opt_state.life.state)
-    return Trainer(config, num_intervals, every, names, init, run, evaluate, train)
+    return Trainer(config, num_intervals, every, names, init, run, evaluate, train,
+                   lambda state: interval(state, None))  # fmt: skip

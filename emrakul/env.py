@@ -1,0 +1,157 @@
+"""Pruning as an environment: ``SurgeryEnv`` (gymnax-style ``reset`` / ``step``).
+
+One environment step applies the agent's action (:mod:`emrakul.controllers.magistrate`: budgets,
+temperature, regrowth and per-region decisions as corrections to GMP), runs one surgery interval
+of K host training steps through the compiled loop (:mod:`emrakul.loop`, the same ``emrakul.wrap``
+mechanism as every other controller), and returns the trauma-aware reward
+(:mod:`emrakul.agent.reward`). One episode is one whole host training run; at its end the state
+auto-resets (gymnax semantics: the returned observation is the new episode's first). Everything
+is pure and vmaps over a population of hosts (seeds); hosts of different sizes share one
+compiled policy through padding (``r_max``, ``l_max``).
+
+Measured spike: ``loss_before`` is the validation loss at the end of the previous interval,
+``loss_after_cut`` the validation loss right after the surgery's step, ``loss_end`` at the end
+of the interval (the same estimator, on the fixed validation split).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from emrakul import hosts
+from emrakul import vitals as vit
+from emrakul._tree import default_filter
+from emrakul.agent import features
+from emrakul.agent import reward as rw
+from emrakul.agent.networks import AgentAction, AgentObs
+from emrakul.controllers.base import Observation
+from emrakul.controllers.magistrate import ActionState, action_controller
+from emrakul.loop import RunState, make_train
+from emrakul.masks.structures import Units
+from emrakul.surgery.lifecycle import ALIVE
+from emrakul.vitals import regions as rg
+
+
+class EnvState(NamedTuple):
+    """The environment's state (one host)."""
+
+    run: RunState
+    prev_val_loss: jax.Array
+    prev_val_accuracy: jax.Array
+    prev_sparsity: jax.Array
+    prev_reversals: jax.Array
+    episode_return: jax.Array
+
+
+class SurgeryEnv:
+    """A host network's training run as an RL environment for the Magistrate.
+
+    Args:
+      config: an experiment config (``experiments/configs/default.py``); its host, data,
+        training and pruning fields define the patient.
+      r_max: padded region count of observations and actions (default: the host's own).
+      l_max: padded layer count (default: the host's own).
+      reward_config: the reward's coefficients.
+      start, end: the GMP schedule the actions correct.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        r_max: int | None = None,
+        l_max: int | None = None,
+        reward_config: rw.RewardConfig | None = None,
+        start: float = 0.2,
+        end: float = 0.8,
+    ):
+        module = hosts.make_host(config.host.kind, tuple(config.host.width))
+        shapes = jax.eval_shape(
+            lambda k: module.init(k, jnp.zeros((1, hosts.SIGNAL_LENGTH))), jax.random.PRNGKey(0)
+        )["params"]
+        self.layout = rg.layout(shapes, Units(-1), filter=default_filter)
+        self.r_max = r_max or self.layout.num_regions
+        self.l_max = l_max or self.layout.num_layers
+        self.config = config
+        self.reward_config = reward_config or rw.RewardConfig()
+        self.controller = action_controller(self.layout, self.r_max, start=start, end=end)
+        self.trainer = make_train(config, self.controller)
+        self.num_steps = self.trainer.num_intervals
+        self.layer_size = tuple(
+            int(np.prod(self.layout.leaf_shapes[i])) for i in self.layout.observed
+        )
+        self.num_weights = sum(self.layer_size)
+
+    # -- observation ------------------------------------------------------------------------
+
+    def observe(self, run: RunState) -> AgentObs:
+        """The agent's observation of the host in ``run``."""
+        opt = run.opt_state
+        obs = Observation(
+            step=opt.step,
+            total_steps=self.num_steps * self.trainer.steps_per_interval,
+            params=run.params,
+            grads=vit.grad_mean(opt.vitals),
+            state=opt.life.state,
+            vitals=opt.vitals,
+            layer_size=self.layer_size,
+            target=opt.knobs.target,
+            key=opt.key,
+        )
+        return features.observe(obs, self.layout, self.r_max, self.l_max)
+
+    # -- gymnax API ---------------------------------------------------------------------------
+
+    def reset(self, key: jax.Array, params: Any = None) -> tuple[AgentObs, EnvState]:
+        """A fresh host (initialised from ``key``) and its first observation."""
+        del params
+        run = self.trainer.init(key)
+        val = self.trainer.evaluate(run, "val")
+        zero = jnp.float32(0.0)
+        state = EnvState(run, val["loss"], val["accuracy"], zero, jnp.int32(0), zero)
+        return self.observe(run), state
+
+    def step(
+        self, key: jax.Array, state: EnvState, action: AgentAction, params: Any = None
+    ) -> tuple[AgentObs, EnvState, jax.Array, jax.Array, dict[str, Any]]:
+        """Applies ``action``, trains one interval, and scores it (auto-resets at the end)."""
+        del params
+        opt = state.run.opt_state._replace(controller=ActionState(action))
+        run, m = self.trainer.interval(state.run._replace(opt_state=opt))
+        done = run.interval >= self.num_steps
+        reversals = jnp.sum(m.reversals)
+        alive = jax.tree.map(lambda s: s == ALIVE, run.opt_state.life.state)
+        summary = rw.IntervalSummary(
+            val_accuracy_before=state.prev_val_accuracy,
+            val_accuracy_after=m.val_accuracy,
+            loss_before=state.prev_val_loss,
+            loss_after_cut=m.val_loss_after_cut,
+            loss_end=m.val_loss,
+            param_fraction=1.0 - m.sparsity,
+            flops_fraction=1.0 - m.sparsity,
+            flip_flops=(reversals - state.prev_reversals).astype(jnp.float32) / self.num_weights,
+            gsnr_health=rw.gsnr_health(vit.gsnr(run.opt_state.vitals), alive),
+            cut_fraction=jnp.mean(m.cut),
+            sparsity_before=state.prev_sparsity,
+            sparsity=m.sparsity,
+            target_sparsity=jnp.float32(self.config.prune.sparsity),
+        )
+        total, terms = rw.reward(summary, self.reward_config, done)
+        continued = EnvState(
+            run, m.val_loss, m.val_accuracy, m.sparsity, reversals, state.episode_return + total
+        )
+        reset_obs, reset_state = self.reset(key)
+        next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, continued)
+        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_obs, self.observe(run))
+        info = {
+            "terms": terms,
+            "test_accuracy": jnp.where(done, self.trainer.evaluate(run, "test")["accuracy"], 0.0),
+            "episode_return": state.episode_return + total,
+            "sparsity": m.sparsity,
+            "val_accuracy": m.val_accuracy,
+        }
+        return obs, next_state, total, done, info

@@ -1,0 +1,91 @@
+"""SurgeryEnv: shapes, auto-reset, determinism, and the neutral action reproducing GMP."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emrakul.agent.networks import LYSE, AgentObs
+from emrakul.controllers.magistrate import neutral_action
+from emrakul.env import SurgeryEnv
+from emrakul.loop import make_train
+from emrakul.surgery.lifecycle import LYSED
+from experiments.configs.default import get_config
+
+
+def tiny_config():
+    c = get_config()
+    c.host.width = (32, 32)
+    c.data.num_samples = 600
+    c.train.steps = 100
+    c.train.batch_size = 32
+    c.prune.every = 10
+    c.prune.sparsity = 0.8
+    return c
+
+
+@pytest.fixture(scope="module")
+def env():
+    return SurgeryEnv(tiny_config(), r_max=96, l_max=4)
+
+
+def run_episode(env, key, action_fn):
+    obs, state = env.reset(key)
+
+    def body(carry, i):
+        obs, state = carry
+        k = jax.random.fold_in(key, i)
+        obs, state, reward, done, info = env.step(k, state, action_fn(i), None)
+        return (obs, state), (reward, done, info["val_accuracy"], info["sparsity"], obs)
+
+    (_, state), out = jax.lax.scan(body, (obs, state), jnp.arange(env.num_steps))
+    return state, out
+
+
+def test_observation_shapes_and_padding(env):
+    obs, _ = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    assert isinstance(obs, AgentObs)
+    assert obs.regions.shape == (96, 10)
+    assert int(obs.region_valid.sum()) == 32 + 32 + 10  # units of the three kernels
+    assert obs.layer_valid.tolist() == [True, True, True, False]
+    assert obs.globals.shape == (6,)
+    assert np.isfinite(np.asarray(obs.regions)).all()
+    assert (np.asarray(obs.regions)[74:] == 0).all()
+
+
+def test_neutral_action_is_gmp_and_episode_auto_resets(env):
+    key = jax.random.PRNGKey(3)
+    neutral = neutral_action(env.layout.num_layers, env.r_max)
+    _, (reward, done, val_acc, sparsity, _) = jax.jit(
+        lambda k: run_episode(env, k, lambda i: neutral)
+    )(key)
+    assert done.tolist() == [False] * (env.num_steps - 1) + [True]
+    assert np.isfinite(np.asarray(reward)).all()
+    gmp = make_train(tiny_config(), "gmp")
+    _, metrics = jax.jit(lambda k: gmp.run(gmp.init(k), gmp.num_intervals))(key)
+    np.testing.assert_allclose(np.asarray(sparsity), np.asarray(metrics.sparsity), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(val_acc), np.asarray(metrics.val_accuracy), atol=1e-6)
+
+
+def test_region_decisions_act(env):
+    key = jax.random.PRNGKey(1)
+    neutral = neutral_action(env.layout.num_layers, env.r_max)
+    lyse_first = neutral._replace(region=neutral.region.at[:4].set(LYSE))
+    obs, state = env.reset(key)
+    step = jax.jit(env.step)
+    for i in range(5):  # reach the pruning phase (starts at 20% of training)
+        _, state, *_ = step(jax.random.fold_in(key, i), state, lyse_first, None)
+    life = np.asarray(state.run.opt_state.life.state["Dense_0"]["kernel"])
+    assert (life[:, :4] == LYSED).all()  # the first four units of layer 0 were lysed
+    assert (life[:, 4:] != LYSED).all()
+
+
+def test_vmap_over_a_population(env):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    obs, state = jax.vmap(env.reset)(keys)
+    act = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (3, *x.shape)),
+        neutral_action(env.layout.num_layers, env.r_max),
+    )
+    obs, state, reward, _, _ = jax.jit(jax.vmap(env.step))(keys, state, act, None)
+    assert reward.shape == (3,) and obs.regions.shape == (3, 96, 10)
