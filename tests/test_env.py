@@ -71,7 +71,7 @@ def test_region_decisions_act(env):
     key = jax.random.PRNGKey(1)
     neutral = neutral_action(env.layout.num_layers, env.r_max)
     lyse_first = neutral._replace(region=neutral.region.at[:4].set(LYSE))
-    obs, state = env.reset(key)
+    _, state = env.reset(key)
     step = jax.jit(env.step)
     for i in range(5):  # reach the pruning phase (starts at 20% of training)
         _, state, *_ = step(jax.random.fold_in(key, i), state, lyse_first, None)
