@@ -1,0 +1,20 @@
+"""Host population for meta-training the Magistrate (small hosts, short runs).
+
+The same fields as ``default.py`` (documented there); smaller so that one PPO iteration (one
+whole training run of every host in the population) takes seconds on a 2-core CPU:
+MLP 40-64-64-10, 1000 host steps, a surgery (one agent decision) every 50 steps, 95% target.
+"""
+
+import ml_collections
+
+from experiments.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The meta-training host config."""
+    c = default.get_config()
+    c.host.width = (64, 64)
+    c.train.steps = 1000
+    c.prune.every = 50
+    c.prune.sparsity = 0.95
+    return c
