@@ -200,6 +200,13 @@ def _scale_from_log(raw: jax.Array) -> jax.Array:
     return jnp.exp(jnp.clip(raw, LOG_SCALE_MIN, LOG_SCALE_MAX))
 
 
+def _tanh_mlp(x: jax.Array, hidden_dim: int, num_layers: int, out_dim: int) -> jax.Array:
+    """``num_layers`` tanh hidden layers and a linear output (call inside ``nn.compact``)."""
+    for _ in range(num_layers):
+        x = nn.tanh(nn.Dense(hidden_dim)(x))
+    return nn.Dense(out_dim)(x)
+
+
 class Phage(nn.Module):
     """The shared region encoder: an MLP applied to every row of ``[..., F]`` -> ``[..., D]``.
 
@@ -215,10 +222,7 @@ class Phage(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        x = features
-        for _ in range(self.num_layers):
-            x = nn.tanh(nn.Dense(self.hidden_dim)(x))
-        return nn.Dense(self.embed_dim)(x)
+        return _tanh_mlp(features, self.hidden_dim, self.num_layers, self.embed_dim)
 
 
 class AttentionPool(nn.Module):
@@ -432,10 +436,7 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, global_state: jax.Array) -> jax.Array:
-        x = global_state
-        for _ in range(self.num_layers):
-            x = nn.tanh(nn.Dense(self.hidden_dim)(x))
-        return nn.Dense(1)(x)[0]
+        return _tanh_mlp(global_state, self.hidden_dim, self.num_layers, 1)[0]
 
 
 class Agent(nn.Module):
