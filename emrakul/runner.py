@@ -39,6 +39,7 @@ class Result(NamedTuple):
     seconds: float
     resumed_from: int  # chunks restored from a checkpoint (0 = fresh)
     compilations: int  # programs compiled for the chunks (1: nothing recompiled between chunks)
+    seed_offset: int = 0  # the first seed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -153,17 +154,18 @@ def run_controller(
         seconds=time.time() - start,
         resumed_from=resumed,
         compilations=run._cache_size(),
+        seed_offset=seed_offset,
     )
 
 
-def rows(result: Result, seed_offset: int = 0) -> list[dict[str, Any]]:
+def rows(result: Result) -> list[dict[str, Any]]:
     """Flattens a result into JSON-serialisable rows, one per (seed, interval)."""
     m = result.metrics
     out = []
     seeds, n = m.step.shape[:2]
     for s in range(seeds):
         for i in range(n):
-            row = {"controller": result.controller, "seed": s + seed_offset, "interval": i}
+            row = {"controller": result.controller, "seed": s + result.seed_offset, "interval": i}
             for field in IntervalMetrics._fields:
                 value = getattr(m, field)[s, i]
                 row[field] = value.tolist() if np.ndim(value) else value.item()

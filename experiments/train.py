@@ -51,6 +51,7 @@ def main(argv) -> None:
                 config,
                 name,
                 seeds=int(config.seeds),
+                seed_offset=int(config.seed_offset),
                 workdir=workdir if config.run.checkpoint else None,
                 chunk=int(config.run.chunk),
             )

@@ -89,3 +89,29 @@ def test_vmap_over_a_population(env):
     )
     obs, state, reward, _, _ = jax.jit(jax.vmap(env.step))(keys, state, act, None)
     assert reward.shape == (3,) and obs.regions.shape == (3, 96, 10)
+
+
+def test_deployed_neutral_policy_is_gmp_through_the_wrapper():
+    from emrakul.agent import networks as nw
+    from emrakul.controllers.magistrate import deployed
+
+    env = SurgeryEnv(tiny_config())
+    obs, _ = env.reset(jax.random.PRNGKey(0))
+    kwargs = {"head_init_scale": 0.0}  # an exactly neutral policy
+    params = nw.Agent(**kwargs).init(jax.random.PRNGKey(1), obs)
+    key = jax.random.PRNGKey(5)
+    learned = make_train(tiny_config(), deployed(params, agent_kwargs=kwargs))
+    gmp = make_train(tiny_config(), "gmp")
+    _, m1 = jax.jit(lambda k: learned.run(learned.init(k), learned.num_intervals))(key)
+    _, m2 = jax.jit(lambda k: gmp.run(gmp.init(k), gmp.num_intervals))(key)
+    np.testing.assert_allclose(np.asarray(m1.sparsity), np.asarray(m2.sparsity), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(m1.val_accuracy), np.asarray(m2.val_accuracy), atol=1e-6)
+
+
+def test_magistrate_needs_a_policy():
+    from emrakul import controllers
+
+    with pytest.raises(ValueError, match="needs a trained policy"):
+        controllers.make("magistrate")
+    with pytest.raises(ValueError, match="no trained Magistrate"):
+        controllers.make("magistrate", policy="/nonexistent/agent")

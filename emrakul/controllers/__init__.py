@@ -8,6 +8,7 @@ from emrakul.controllers.base import Controller, Decision, Observation
 from emrakul.controllers.basic import dense, gmp, one_shot, rigl, set_, snip
 from emrakul.controllers.dynamic import breathing, dsd, gsnr, harmonic
 from emrakul.controllers.gates import l0, variational_units
+from emrakul.controllers.magistrate import magistrate
 
 _FACTORIES = {
     "dense": dense,
@@ -22,6 +23,7 @@ _FACTORIES = {
     "breathing": breathing,
     "l0": l0,
     "variational": variational_units,
+    "magistrate": magistrate,
 }
 NAMES = tuple(_FACTORIES)
 
@@ -49,6 +51,7 @@ __all__ = [
     "gsnr",
     "harmonic",
     "l0",
+    "magistrate",
     "make",
     "one_shot",
     "rigl",

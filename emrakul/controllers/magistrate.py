@@ -143,3 +143,92 @@ def action_controller(
         regrow_lysed=False,
         needs_vitals=True,
     )
+
+
+def deployed(
+    policy_params,
+    *,
+    start: float = 0.2,
+    end: float = 0.8,
+    budget_span: float = 0.5,
+    regrow_span: float = 0.2,
+    agent_kwargs: dict | None = None,
+) -> Controller:
+    """A trained Magistrate, frozen, as a controller usable through ``emrakul.wrap`` anywhere.
+
+    At every surgery it observes the host (:func:`emrakul.agent.features.observe`, on the host's
+    own ``Units`` regions: the networks ignore padding, so no padding is needed here), runs the
+    actor only (decentralised execution: no critic), takes the policy's deterministic action
+    (:func:`emrakul.agent.networks.mode`) and applies it with :func:`decide_from_action`.
+
+    Args:
+      policy_params: the agent's Flax variables (e.g. from :func:`load_policy`).
+      start, end, budget_span, regrow_span: as in :func:`action_controller` (use the values the
+        policy was trained with).
+      agent_kwargs: the :class:`~emrakul.agent.networks.Agent` hyperparameters it was trained
+        with (defaults otherwise).
+    """
+    from emrakul.agent import features
+    from emrakul.agent import networks as nw
+    from emrakul.masks.structures import Units
+
+    agent = nw.Agent(**(agent_kwargs or {}))
+
+    def init(params, observation: Observation, key=None) -> tuple:
+        del params, observation, key
+        return ()
+
+    def decide(obs: Observation, state: tuple) -> tuple[Decision, tuple]:
+        layout = rg.layout(obs.params, Units(-1))
+        agent_obs = features.observe(obs, layout, layout.num_regions, layout.num_layers)
+        policy = agent.apply(policy_params, agent_obs, method=nw.Agent.actor)
+        action = nw.mode(policy, agent_obs)
+        decision = decide_from_action(
+            obs,
+            action,
+            layout,
+            start=start,
+            end=end,
+            budget_span=budget_span,
+            regrow_span=regrow_span,
+        )
+        return decision, state
+
+    return Controller(
+        name="magistrate",
+        init=init,
+        decide=decide,
+        drop_to=SEDATED,
+        regrow_lysed=False,
+        needs_vitals=True,
+    )
+
+
+def load_policy(path: str):
+    """The agent variables saved by ``experiments.train_agent`` (``WORKDIR/agent``)."""
+    import os
+
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"no trained Magistrate at '{path}'; train one with "
+            "`python -m experiments.train_agent --workdir DIR` and pass DIR/agent"
+        )
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def magistrate(policy: str = "", **kwargs) -> Controller:
+    """The learned controller from a saved policy (``policy``: ``experiments.train_agent``'s
+    ``WORKDIR/agent``); keyword arguments as in :func:`deployed`.
+
+    Raises:
+      ValueError: no policy path, or nothing saved there.
+    """
+    if not policy:
+        raise ValueError(
+            "the magistrate controller needs a trained policy: set "
+            "controllers.magistrate.policy to experiments.train_agent's WORKDIR/agent"
+        )
+    return deployed(load_policy(policy), **kwargs)

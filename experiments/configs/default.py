@@ -6,7 +6,10 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``compare``: comma-separated controllers the main job runs one after another (each vmapped
   over ``seeds``).
 * ``seeds``: number of seeds per controller (vmapped in one compiled program).
-* ``controllers``: per-controller keyword arguments, e.g. ``controllers.rigl.alpha``.
+* ``seed_offset``: the first seed (use fresh seeds to evaluate a policy trained on others).
+* ``controllers``: per-controller keyword arguments, e.g. ``controllers.rigl.alpha``;
+  ``controllers.magistrate.policy`` is the trained agent (``experiments.train_agent``'s
+  ``WORKDIR/agent``) that the ``magistrate`` controller deploys.
 * ``host.kind``: ``mlp`` or ``cnn`` (a 1-D CNN on the 40-long signal).
 * ``host.width``: a tuple of hidden widths (MLP) or channel counts (CNN), e.g. ``"(512, 512)"``.
 * ``data.seed``, ``data.num_samples``, ``data.val``: MNIST-1D generation seed, number of
@@ -36,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.controller = "gmp"
     c.compare = "dense,gmp,rigl"
     c.seeds = 4
-    c.controllers = ml_collections.ConfigDict()
+    c.seed_offset = 0
+    c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": ""}})
     c.host = ml_collections.ConfigDict({"kind": "mlp", "width": (256, 256)})
     c.data = ml_collections.ConfigDict({"seed": 0, "num_samples": 5000, "val": 0.1})
     c.train = ml_collections.ConfigDict({"steps": 3000, "batch_size": 128, "lr": 1e-3})
