@@ -58,6 +58,8 @@ class SurgeryEnv:
       l_max: padded layer count (default: the host's own).
       reward_config: the reward's coefficients.
       start, end: the GMP schedule the actions correct.
+      drop_features: observation groups hidden from the agent (ablations; see
+        :data:`emrakul.agent.features.SIGNALS`).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SurgeryEnv:
         reward_config: rw.RewardConfig | None = None,
         start: float = 0.2,
         end: float = 0.8,
+        drop_features: tuple[str, ...] = (),
     ):
         module = hosts.make_host(config.host.kind, tuple(config.host.width))
         shapes = jax.eval_shape(
@@ -77,6 +80,7 @@ class SurgeryEnv:
         self.r_max = r_max or self.layout.num_regions
         self.l_max = l_max or self.layout.num_layers
         self.config = config
+        self.drop_features = tuple(drop_features)
         self.reward_config = reward_config or rw.RewardConfig()
         self.controller = action_controller(self.layout, self.r_max, start=start, end=end)
         self.trainer = make_train(config, self.controller)
@@ -102,7 +106,7 @@ class SurgeryEnv:
             target=opt.knobs.target,
             key=opt.key,
         )
-        return features.observe(obs, self.layout, self.r_max, self.l_max)
+        return features.observe(obs, self.layout, self.r_max, self.l_max, self.drop_features)
 
     # -- gymnax API ---------------------------------------------------------------------------
 

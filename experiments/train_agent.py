@@ -34,6 +34,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 _ITERATIONS = flags.DEFINE_integer("iterations", 30, "PPO iterations (one episode each).")
 _HOSTS = flags.DEFINE_integer("hosts", 8, "Hosts in the population (vmapped).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_DROP = flags.DEFINE_list(
+    "drop_features", [], "Observation groups hidden from the agent (ablation), e.g. gsnr,flip."
+)
 
 
 def main(argv) -> None:
@@ -41,7 +44,7 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    env = SurgeryEnv(_CONFIG.value)
+    env = SurgeryEnv(_CONFIG.value, drop_features=tuple(_DROP.value))
     cfg = PPOConfig(num_hosts=_HOSTS.value)
     trainer = make_agent_train(env, cfg)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(_SEED.value))

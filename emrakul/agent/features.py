@@ -36,7 +36,13 @@ def _zscore(x: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid[:, None], (x - mean) / jnp.sqrt(var + 1e-6), 0.0)
 
 
-def observe(obs: Observation, layout: rg.RegionLayout, r_max: int, l_max: int) -> AgentObs:
+def observe(
+    obs: Observation,
+    layout: rg.RegionLayout,
+    r_max: int,
+    l_max: int,
+    drop: tuple[str, ...] = (),
+) -> AgentObs:
     """The agent's observation of a host at a surgery time.
 
     Args:
@@ -44,6 +50,7 @@ def observe(obs: Observation, layout: rg.RegionLayout, r_max: int, l_max: int) -
       layout: the host's ``Units`` region layout over its pruned kernels.
       r_max: padded region count (>= ``layout.num_regions``).
       l_max: padded layer count (>= ``layout.num_layers``).
+      drop: names from ``SIGNALS`` whose region features are zeroed (ablations).
 
     Returns:
       An :class:`~emrakul.agent.networks.AgentObs`.
@@ -53,6 +60,9 @@ def observe(obs: Observation, layout: rg.RegionLayout, r_max: int, l_max: int) -
             f"host has {layout.num_regions} regions / {layout.num_layers} layers, more than "
             f"r_max={r_max} / l_max={l_max}"
         )
+    unknown = set(drop) - set(SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown observation groups {sorted(unknown)}; choose from {SIGNALS}")
     if obs.vitals is None:
         raise ValueError("the Magistrate needs vital signs (controller.needs_vitals)")
     tiny = 1e-12
@@ -85,6 +95,10 @@ def observe(obs: Observation, layout: rg.RegionLayout, r_max: int, l_max: int) -
     feats = jnp.pad(feats, ((0, pad), (0, 0)))
     valid = jnp.arange(r_max) < num
     feats = _zscore(feats, valid)
+    keep = jnp.asarray(
+        [name.split("/")[0] not in drop for name in summary.feature_names] + [True, True]
+    )
+    feats = feats * keep
     layer = jnp.pad(jnp.asarray(layout.layer_index, jnp.int32), (0, pad))
     alive = [s == ALIVE for s in jax.tree.leaves(state) if jnp.ndim(s) > 0]
     sizes = jnp.asarray([a.size for a in alive], jnp.float32)

@@ -153,6 +153,7 @@ def deployed(
     budget_span: float = 0.5,
     regrow_span: float = 0.2,
     agent_kwargs: dict | None = None,
+    drop_features: tuple[str, ...] = (),
 ) -> Controller:
     """A trained Magistrate, frozen, as a controller usable through ``emrakul.wrap`` anywhere.
 
@@ -167,6 +168,7 @@ def deployed(
         policy was trained with).
       agent_kwargs: the :class:`~emrakul.agent.networks.Agent` hyperparameters it was trained
         with (defaults otherwise).
+      drop_features: observation groups the policy was trained without (ablations).
     """
     from emrakul.agent import features
     from emrakul.agent import networks as nw
@@ -180,7 +182,9 @@ def deployed(
 
     def decide(obs: Observation, state: tuple) -> tuple[Decision, tuple]:
         layout = rg.layout(obs.params, Units(-1))
-        agent_obs = features.observe(obs, layout, layout.num_regions, layout.num_layers)
+        agent_obs = features.observe(
+            obs, layout, layout.num_regions, layout.num_layers, tuple(drop_features)
+        )
         policy = agent.apply(policy_params, agent_obs, method=nw.Agent.actor)
         action = nw.mode(policy, agent_obs)
         decision = decide_from_action(
@@ -219,9 +223,10 @@ def load_policy(path: str):
     return ocp.StandardCheckpointer().restore(path)
 
 
-def magistrate(policy: str = "", **kwargs) -> Controller:
+def magistrate(policy: str = "", drop_features: str = "", **kwargs) -> Controller:
     """The learned controller from a saved policy (``policy``: ``experiments.train_agent``'s
-    ``WORKDIR/agent``); keyword arguments as in :func:`deployed`.
+    ``WORKDIR/agent``); ``drop_features``: comma-separated observation groups the policy was
+    trained without; other keyword arguments as in :func:`deployed`.
 
     Raises:
       ValueError: no policy path, or nothing saved there.
@@ -231,4 +236,5 @@ def magistrate(policy: str = "", **kwargs) -> Controller:
             "the magistrate controller needs a trained policy: set "
             "controllers.magistrate.policy to experiments.train_agent's WORKDIR/agent"
         )
-    return deployed(load_policy(policy), **kwargs)
+    drop = tuple(d.strip() for d in drop_features.split(",") if d.strip())
+    return deployed(load_policy(policy), drop_features=drop, **kwargs)

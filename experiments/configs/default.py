@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.compare = "dense,gmp,rigl"
     c.seeds = 4
     c.seed_offset = 0
-    c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": ""}})
+    c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": "", "drop_features": ""}})
     c.host = ml_collections.ConfigDict({"kind": "mlp", "width": (256, 256)})
     c.data = ml_collections.ConfigDict({"seed": 0, "num_samples": 5000, "val": 0.1})
     c.train = ml_collections.ConfigDict({"steps": 3000, "batch_size": 128, "lr": 1e-3})
