@@ -27,6 +27,7 @@ import optax
 from emrakul import controllers as ctl
 from emrakul import hosts
 from emrakul import wrapper as wrap_mod
+from emrakul._tree import path_str
 from emrakul.config import check_structure_fits, structure_from_config, validate
 from emrakul.surgery.lifecycle import ALIVE
 
@@ -79,8 +80,6 @@ class Trainer(NamedTuple):
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
-    from emrakul._tree import path_str
-
     names = []
     for (path, _), s in zip(
         jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(life_state), strict=True

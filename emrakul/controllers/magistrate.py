@@ -100,6 +100,33 @@ def decide_from_action(
     )._replace(lyse=jax.tree.map(lambda c: c == LYSE, per_weight))
 
 
+def _controller(name, init, choose, start, end, budget_span, regrow_span) -> Controller:
+    """A controller applying ``choose(obs, state) -> (action, layout)`` via
+    :func:`decide_from_action`; both learned-controller variants share it."""
+
+    def decide(obs: Observation, state):
+        action, layout = choose(obs, state)
+        decision = decide_from_action(
+            obs,
+            action,
+            layout,
+            start=start,
+            end=end,
+            budget_span=budget_span,
+            regrow_span=regrow_span,
+        )
+        return decision, state
+
+    return Controller(
+        name=name,
+        init=init,
+        decide=decide,
+        drop_to=SEDATED,
+        regrow_lysed=False,
+        needs_vitals=True,
+    )
+
+
 def action_controller(
     layout: rg.RegionLayout,
     r_max: int,
@@ -123,26 +150,10 @@ def action_controller(
         del params, key
         return ActionState(neutral_action(len(observation.layer_size), r_max))
 
-    def decide(obs: Observation, state: ActionState) -> tuple[Decision, ActionState]:
-        decision = decide_from_action(
-            obs,
-            state.action,
-            layout,
-            start=start,
-            end=end,
-            budget_span=budget_span,
-            regrow_span=regrow_span,
-        )
-        return decision, state
+    def choose(obs: Observation, state: ActionState):
+        return state.action, layout
 
-    return Controller(
-        name="magistrate_action",
-        init=init,
-        decide=decide,
-        drop_to=SEDATED,
-        regrow_lysed=False,
-        needs_vitals=True,
-    )
+    return _controller("magistrate_action", init, choose, start, end, budget_span, regrow_span)
 
 
 def deployed(
@@ -180,32 +191,15 @@ def deployed(
         del params, observation, key
         return ()
 
-    def decide(obs: Observation, state: tuple) -> tuple[Decision, tuple]:
+    def choose(obs: Observation, state: tuple):
         layout = rg.layout(obs.params, Units(-1))
         agent_obs = features.observe(
             obs, layout, layout.num_regions, layout.num_layers, tuple(drop_features)
         )
         policy = agent.apply(policy_params, agent_obs, method=nw.Agent.actor)
-        action = nw.mode(policy, agent_obs)
-        decision = decide_from_action(
-            obs,
-            action,
-            layout,
-            start=start,
-            end=end,
-            budget_span=budget_span,
-            regrow_span=regrow_span,
-        )
-        return decision, state
+        return nw.mode(policy, agent_obs), layout
 
-    return Controller(
-        name="magistrate",
-        init=init,
-        decide=decide,
-        drop_to=SEDATED,
-        regrow_lysed=False,
-        needs_vitals=True,
-    )
+    return _controller("magistrate", init, choose, start, end, budget_span, regrow_span)
 
 
 def load_policy(path: str):
