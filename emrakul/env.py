@@ -25,6 +25,7 @@ import numpy as np
 
 from emrakul import hosts
 from emrakul import vitals as vit
+from emrakul import wrapper as wrap_mod
 from emrakul._tree import default_filter
 from emrakul.agent import features
 from emrakul.agent import reward as rw
@@ -92,8 +93,9 @@ class SurgeryEnv:
 
     # -- observation ------------------------------------------------------------------------
 
-    def observe(self, run: RunState) -> AgentObs:
-        """The agent's observation of the host in ``run``."""
+    def observe(self, run: RunState, val_accuracy: jax.Array) -> AgentObs:
+        """The agent's observation of the host in ``run`` (``val_accuracy``: its current
+        validation accuracy), the same one a deployed policy gets from the training loop."""
         opt = run.opt_state
         obs = Observation(
             step=opt.step,
@@ -105,6 +107,8 @@ class SurgeryEnv:
             layer_size=self.layer_size,
             target=opt.knobs.target,
             key=opt.key,
+            activations=vit.activation_tree(run.params, self.trainer.activations(run)),
+            health=wrap_mod.health_vector(opt.health._replace(val_accuracy=val_accuracy)),
         )
         return features.observe(obs, self.layout, self.r_max, self.l_max, self.drop_features)
 
@@ -117,7 +121,7 @@ class SurgeryEnv:
         val = self.trainer.evaluate(run, "val")
         zero = jnp.float32(0.0)
         state = EnvState(run, val["loss"], val["accuracy"], zero, jnp.int32(0), zero)
-        return self.observe(run), state
+        return self.observe(run, val["accuracy"]), state
 
     def step(
         self, key: jax.Array, state: EnvState, action: AgentAction, params: Any = None
@@ -150,7 +154,9 @@ class SurgeryEnv:
         )
         reset_obs, reset_state = self.reset(key)
         next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, continued)
-        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_obs, self.observe(run))
+        obs = jax.tree.map(
+            lambda a, b: jnp.where(done, a, b), reset_obs, self.observe(run, m.val_accuracy)
+        )
         info = {
             "terms": terms,
             "test_accuracy": jnp.where(done, self.trainer.evaluate(run, "test")["accuracy"], 0.0),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,6 +27,7 @@ import optax
 
 from emrakul import controllers as ctl
 from emrakul import hosts
+from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import path_str
 from emrakul.config import check_structure_fits, structure_from_config, validate
@@ -77,6 +79,7 @@ class Trainer(NamedTuple):
     evaluate: Any
     train: Any
     interval: Any
+    activations: Any
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
@@ -138,9 +141,17 @@ def make_train(
         vitals_decay=config.prune.vitals_decay,
     )
     batch = int(config.train.batch_size)
+    wants_stats = controller_obj.needs_activations
 
     def apply(params, x):
         return module.apply({"params": params}, x)
+
+    def activations(state: RunState) -> dict:
+        """ReDo statistics of every layer on the validation inputs (masked weights)."""
+        weights = wrap_mod.masked(state.params, state.opt_state)
+        return vit.activation_stats(
+            module, {"params": weights}, data.val.x, layer_types=(nn.Dense, hosts.Conv1D)
+        )
 
     def init(key: jax.Array) -> RunState:
         k_params, k_opt, k_data = jax.random.split(key, 3)
@@ -148,7 +159,7 @@ def make_train(
         opt_state = tx.init(params)._replace(key=k_opt)
         return RunState(params, opt_state, k_data, jnp.int32(0))
 
-    def host_step(carry, surgery: bool):
+    def host_step(carry, surgery: bool, extra: dict | None = None):
         params, opt_state, key = carry
         key, k_batch = jax.random.split(key)
         x, y = hosts.sample_batch(k_batch, data.train, batch)
@@ -157,7 +168,9 @@ def make_train(
             return hosts.cross_entropy(apply(wrap_mod.masked(p, opt_state), x), y)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params, surgery=surgery)
+        updates, opt_state = tx.update(
+            grads, opt_state, params, surgery=surgery, value=loss, **(extra or {})
+        )
         return (optax.apply_updates(params, updates), opt_state, key), loss
 
     def evaluate(state: RunState, split: str = "val") -> dict[str, jax.Array]:
@@ -167,7 +180,13 @@ def make_train(
 
     def interval(state: RunState, _) -> tuple[RunState, IntervalMetrics]:
         carry = (state.params, state.opt_state, state.key)
-        carry, first = host_step(carry, True)
+        extra = None
+        if wants_stats:  # what the learned controller observes before its surgery
+            extra = {
+                "activations": activations(state),
+                "val_accuracy": evaluate(state, "val")["accuracy"],
+            }
+        carry, first = host_step(carry, True, extra)
         after_cut = evaluate(RunState(carry[0], carry[1], carry[2], state.interval), "val")
         carry, rest = jax.lax.scan(lambda c, _: host_step(c, False), carry, None, every - 1)
         params, opt_state, key = carry
@@ -202,4 +221,4 @@ def make_train(
     probe = jax.eval_shape(init, jax.random.PRNGKey(0))
     names = _layer_names(probe.params, probe.opt_state.life.state)
     return Trainer(config, num_intervals, every, names, init, run, evaluate, train,
-                   lambda state: interval(state, None))  # fmt: skip
+                   lambda state: interval(state, None), activations)  # fmt: skip

@@ -68,6 +68,59 @@ class Knobs(NamedTuple):
     vitals_decay: jax.Array
 
 
+class Health(NamedTuple):
+    """Running training-health signals the learned controller observes.
+
+    Attributes:
+      loss_fast: EMA (decay 0.9) of the ``value`` (loss) passed to ``update``.
+      loss_slow: EMA (decay 0.99) of the same.
+      fast_debias, slow_debias: products of the decays applied so far (Adam-style bias
+        correction; 1 while no loss was passed).
+      val_accuracy: the last ``val_accuracy`` passed to ``update`` (0 if none).
+    """
+
+    loss_fast: jax.Array
+    loss_slow: jax.Array
+    fast_debias: jax.Array
+    slow_debias: jax.Array
+    val_accuracy: jax.Array
+
+
+_FAST, _SLOW = 0.9, 0.99
+
+
+def _init_health() -> Health:
+    zero, one = jnp.float32(0.0), jnp.float32(1.0)
+    return Health(zero, zero, one, one, zero)
+
+
+def _track(health: Health, value, val_accuracy) -> Health:
+    """Folds this step's loss / validation accuracy (either may be ``None``) into ``health``."""
+    if value is not None:
+        v = jnp.asarray(value, jnp.float32)
+        if v.ndim:
+            raise ValueError(f"value (the loss) must be a scalar, got shape {v.shape}")
+        ok = jnp.isfinite(v)
+        health = health._replace(
+            loss_fast=jnp.where(ok, _FAST * health.loss_fast + (1 - _FAST) * v, health.loss_fast),
+            loss_slow=jnp.where(ok, _SLOW * health.loss_slow + (1 - _SLOW) * v, health.loss_slow),
+            fast_debias=jnp.where(ok, health.fast_debias * _FAST, health.fast_debias),
+            slow_debias=jnp.where(ok, health.slow_debias * _SLOW, health.slow_debias),
+        )
+    if val_accuracy is not None:
+        health = health._replace(val_accuracy=jnp.asarray(val_accuracy, jnp.float32).reshape(()))
+    return health
+
+
+def health_vector(health: Health) -> jax.Array:
+    """``[loss, relative slope, validation accuracy]`` (float32 [3]) from :class:`Health`;
+    the loss is the bias-corrected fast EMA, the slope ``(fast - slow) / slow``."""
+    fast = jnp.where(health.fast_debias < 1, health.loss_fast / (1 - health.fast_debias), 0.0)
+    slow = jnp.where(health.slow_debias < 1, health.loss_slow / (1 - health.slow_debias), 0.0)
+    slope = (fast - slow) / (jnp.abs(slow) + 1e-8)
+    return jnp.stack([fast, slope, health.val_accuracy]).astype(jnp.float32)
+
+
 class EmrakulState(NamedTuple):
     """The wrapper's optimizer state.
 
@@ -85,6 +138,7 @@ class EmrakulState(NamedTuple):
       key: PRNG key of the run (gates and decisions fold in the step).
       last_cut: float32 [num_layers], fraction of alive weights removed by the last surgery.
       last_grown: float32 [num_layers], weights that entered ALIVE in the last surgery / size.
+      health: the :class:`Health` tracker (loss EMAs and the last validation accuracy).
     """
 
     inner: Any
@@ -98,6 +152,7 @@ class EmrakulState(NamedTuple):
     key: jax.Array
     last_cut: jax.Array
     last_grown: jax.Array
+    health: Health
 
 
 def masked(params: PyTree, state: EmrakulState) -> PyTree:
@@ -212,8 +267,13 @@ def wrap(
       seed: seed of the wrapper's own randomness (random masks, gates).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; ``update`` accepts the extra keyword
-      ``surgery`` (``None``: automatic; ``True``/``False``: force or skip, static).
+      An ``optax.GradientTransformationExtraArgs``; ``update`` accepts the extra keywords
+      ``surgery`` (``None``: automatic; ``True``/``False``: force or skip, static), ``value``
+      (this step's loss, tracked as EMAs for the learned controller), ``val_accuracy`` (the
+      latest validation accuracy, kept until the next one) and ``activations`` (per-unit
+      statistics for this step's surgery: the dict of :func:`emrakul.vitals.activation_stats`
+      or a tree from :func:`emrakul.vitals.activation_tree`). Other extra arguments are
+      ignored, as optax does.
 
     Raises:
       ValueError / TypeError: bad arguments, named.
@@ -252,6 +312,7 @@ def wrap(
         key = jax.random.PRNGKey(seed)
         step = jnp.int32(0)
         vitals = vit.init(params) if controller.needs_vitals else None
+        health = _init_health()
         obs = _observation(
             params,
             jax.tree.map(jnp.zeros_like, params),
@@ -260,6 +321,8 @@ def wrap(
             knobs,
             step,
             jax.random.fold_in(key, 1),
+            health,
+            None,
         )
         ctrl = controller.init(params, obs, jax.random.fold_in(key, 2))
         gate = None
@@ -278,10 +341,13 @@ def wrap(
             key=key,
             last_cut=jnp.zeros((n,), jnp.float32),
             last_grown=jnp.zeros((n,), jnp.float32),
+            health=health,
         )
 
-    def _observation(params, grads, life, vitals, knobs, step, key) -> Observation:
+    def _observation(params, grads, life, vitals, knobs, step, key, health, act) -> Observation:
         sizes = tuple(int(np.size(s)) for s in jax.tree.leaves(life.state) if jnp.ndim(s) > 0)
+        if isinstance(act, dict):
+            act = vit.activation_tree(params, act, filter)
         return Observation(
             step=step,
             total_steps=int(total_steps),
@@ -292,12 +358,17 @@ def wrap(
             layer_size=sizes,
             target=knobs.target,
             key=key,
+            activations=act,
+            health=health_vector(health),
         )
 
-    def _surgery(state: EmrakulState, params: PyTree, grads: PyTree):
+    def _surgery(state: EmrakulState, params: PyTree, grads: PyTree, act=None):
         structures = _structures(params, state.life.state, structure)
         key = jax.random.fold_in(state.key, 2 * state.step + 1)
-        obs = _observation(params, grads, state.life, state.vitals, state.knobs, state.step, key)
+        obs = _observation(
+            params, grads, state.life, state.vitals, state.knobs, state.step, key, state.health,
+            act,
+        )  # fmt: skip
         decision, ctrl = controller.decide(obs, state.controller)
         res = operate(
             state.life,
@@ -331,17 +402,32 @@ def wrap(
         )
         return state, res.params
 
-    def update(grads, state, params=None, *, surgery: bool | None = None, **extra):
+    def update(
+        grads,
+        state,
+        params=None,
+        *,
+        surgery: bool | None = None,
+        value=None,
+        val_accuracy=None,
+        activations=None,
+        **extra,
+    ):
         del extra
         if params is None:
             raise ValueError("emrakul.wrap's update needs params (tx.update(grads, state, params))")
         check_same_structure(params, grads, "params", "grads")
+        # the surgery sees the losses of the previous steps and this step's validation accuracy
+        state = state._replace(health=_track(state.health, None, val_accuracy))
         if surgery is True:
-            state, new_params = _surgery(state, params, grads)
+            state, new_params = _surgery(state, params, grads, activations)
         elif surgery is None:
             due = state.step % state.knobs.every == 0
             state, new_params = jax.lax.cond(
-                due, lambda s: _surgery(s, params, grads), lambda s: (s, params), state
+                due,
+                lambda s: _surgery(s, params, grads, activations),
+                lambda s: (s, params),
+                state,
             )
         else:
             new_params = params
@@ -398,6 +484,7 @@ def wrap(
             gate=gate,
             lr_scale=anesthesia.recover(state.lr_scale, state.knobs.anesthesia_recovery),
             step=step,
+            health=_track(state.health, value, None),
         )
         return updates, new_state
 

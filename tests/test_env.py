@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from emrakul.agent import features
 from emrakul.agent.networks import LYSE, AgentObs
-from emrakul.controllers.magistrate import neutral_action
+from emrakul.controllers.magistrate import action_controller, neutral_action
 from emrakul.env import SurgeryEnv
 from emrakul.loop import make_train
 from emrakul.surgery.lifecycle import LYSED
@@ -45,10 +46,10 @@ def run_episode(env, key, action_fn):
 def test_observation_shapes_and_padding(env):
     obs, _ = jax.jit(env.reset)(jax.random.PRNGKey(0))
     assert isinstance(obs, AgentObs)
-    assert obs.regions.shape == (96, 10)
+    assert obs.regions.shape == (96, features.NUM_FEATURES)
     assert int(obs.region_valid.sum()) == 32 + 32 + 10  # units of the three kernels
     assert obs.layer_valid.tolist() == [True, True, True, False]
-    assert obs.globals.shape == (6,)
+    assert obs.globals.shape == (features.NUM_GLOBALS,)
     assert np.isfinite(np.asarray(obs.regions)).all()
     assert (np.asarray(obs.regions)[74:] == 0).all()
 
@@ -88,7 +89,7 @@ def test_vmap_over_a_population(env):
         neutral_action(env.layout.num_layers, env.r_max),
     )
     obs, state, reward, _, _ = jax.jit(jax.vmap(env.step))(keys, state, act, None)
-    assert reward.shape == (3,) and obs.regions.shape == (3, 96, 10)
+    assert reward.shape == (3,) and obs.regions.shape == (3, 96, features.NUM_FEATURES)
 
 
 def test_deployed_neutral_policy_is_gmp_through_the_wrapper():
@@ -115,3 +116,36 @@ def test_magistrate_needs_a_policy():
         controllers.make("magistrate")
     with pytest.raises(ValueError, match="no trained Magistrate"):
         controllers.make("magistrate", policy="/nonexistent/agent")
+
+
+def test_deployed_policy_sees_the_environments_observation(env):
+    """A controller deployed in the training loop observes exactly what the environment shows
+    the agent (activations, validation accuracy and loss health included)."""
+    base = action_controller(env.layout, env.r_max)
+
+    def seen(observation):
+        return features.observe(observation, env.layout, env.r_max, env.l_max)
+
+    def init(params, observation, key=None):
+        return seen(observation)
+
+    def decide(observation, state):
+        decision, _ = base.decide(observation, base.init(None, observation))
+        return decision, seen(observation)
+
+    spy = base._replace(init=init, decide=decide, needs_activations=True)
+    trainer = make_train(env.config, spy)
+    run = jax.jit(trainer.init)(jax.random.PRNGKey(5))
+    step = jax.jit(trainer.interval)
+    for _ in range(3):
+        expected = jax.jit(env.observe)(run, trainer.evaluate(run, "val")["accuracy"])
+        run, _ = step(run)
+        got = run.opt_state.controller
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    health = np.asarray(got.globals[-3:])
+    assert np.isfinite(health).all() and 0.0 < health[2] <= 1.0  # log loss, slope, val acc
+    dormant = np.asarray(
+        got.regions[: env.layout.num_regions, features.FEATURE_NAMES.index("dormant")]
+    )
+    assert dormant.std() > 0  # activation scores vary across units

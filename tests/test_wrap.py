@@ -214,3 +214,55 @@ def test_structured_pruning_through_the_wrapper(structure, check):
         per_unit = alive.mean(axis=0)
         assert set(np.unique(per_unit)) <= {0.0, 1.0}
         assert per_unit.mean() == pytest.approx(0.5)
+
+
+def test_health_tracks_the_loss_and_validation_accuracy():
+    """``value`` feeds bias-corrected loss EMAs (fast 0.9, slow 0.99); ``val_accuracy`` is
+    kept until replaced; non-finite losses are skipped."""
+    from emrakul.wrapper import health_vector
+
+    base = controllers.make("gmp")
+    params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 8)))["params"]
+    tx = emrakul.wrap(optax.adam(1e-2), base, total_steps=10, every=5)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    losses = [2.0, 1.5, float("nan"), 1.0]
+    fast = slow = 0.0
+    n = 0
+    for i, v in enumerate(losses):
+        _, state = tx.update(grads, state, params, value=v, val_accuracy=0.5 if i == 1 else None)
+        if np.isfinite(v):
+            fast, slow, n = 0.9 * fast + 0.1 * v, 0.99 * slow + 0.01 * v, n + 1
+    h = np.asarray(health_vector(state.health))
+    f, s = fast / (1 - 0.9**n), slow / (1 - 0.99**n)
+    np.testing.assert_allclose(h, [f, (f - s) / s, 0.5], rtol=1e-5, atol=1e-5)
+    assert np.asarray(health_vector(tx.init(params).health)).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="scalar"):
+        tx.update(grads, state, params, value=jnp.ones(3))
+
+
+def test_activations_reach_the_controller_as_a_params_tree():
+    net = Net()
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 8))
+    params = net.init(jax.random.PRNGKey(0), x)["params"]
+    stats = emrakul.vitals.activation_stats(net, {"params": params}, x)
+    base = controllers.make("gmp")
+
+    def decide(obs, state):
+        decision, _ = base.decide(obs, state[1])
+        return decision, (obs.activations, state[1])
+
+    def init(p, obs, key=None):
+        return (jax.tree.map(lambda a: jnp.zeros(jnp.shape(a)[-1:]), p), base.init(p, obs, key))
+
+    tx = emrakul.wrap(optax.adam(1e-2), base._replace(init=init, decide=decide), total_steps=10)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    _, state = tx.update(grads, state, params, surgery=True, activations=stats)
+    got = state.controller[0]
+    np.testing.assert_allclose(got["Dense_0"]["kernel"], stats["Dense_0"].dormant_score)
+    np.testing.assert_allclose(got["Dense_1"]["kernel"], stats["Dense_1"].dormant_score)
+    assert jnp.shape(got["Dense_0"]["bias"]) == ()  # placeholder where nothing is measured
+    bad = {"Dense_0": stats["Dense_1"]._replace(dormant_score=jnp.ones(3))}
+    with pytest.raises(ValueError, match="units"):
+        emrakul.vitals.activation_tree(params, bad)

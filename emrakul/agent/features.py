@@ -2,14 +2,17 @@
 
 Per output unit of every pruned kernel (``Units`` regions, :mod:`emrakul.vitals.regions`), the
 mean of log-scale signals: log-magnitude, log-|gradient|, log1p-GSNR, log-Fisher, sign-flip
-rate, log1p dormancy age, the alive and sedated fractions, plus the region's log-size and its
+rate, log1p dormancy age, the alive and sedated fractions, the unit's ReDo activation score
+(Sokar et al. 2023; 0 when the loop measured none), plus the region's log-size and its
 layer's relative depth. Every feature is z-scored over the host's valid regions, so the same
 policy transfers between hosts of different sizes (DESIGN.md: keep observations normalised).
 Rows are padded to ``r_max``; layers to ``l_max``.
 
 Globals come from the observation alone (so a deployed policy sees what the training policy
 saw): progress through training, current and target sparsity, the mean log1p-GSNR and mean
-flip rate of alive weights, and the log Fisher trace.
+flip rate of alive weights, the log Fisher trace, and the training health the wrapper tracks
+(``Observation.health``): log training loss, its relative slope (clipped to [-1, 1]) and the
+last validation accuracy (zeros when not tracked).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from emrakul.controllers.base import Observation
 from emrakul.surgery.lifecycle import ALIVE, SEDATED
 from emrakul.vitals import regions as rg
 
-SIGNALS = ("logmag", "loggrad", "gsnr", "fisher", "flip", "age", "alive", "sedated")
-NUM_FEATURES = len(SIGNALS) + 2  # + log region size, relative layer depth
-NUM_GLOBALS = 6
+SIGNALS = ("logmag", "loggrad", "gsnr", "fisher", "flip", "age", "alive", "sedated", "dormant")
+FEATURE_NAMES = (*sorted(SIGNALS), "log_size", "depth")
+"""The columns of ``AgentObs.regions`` (signals in sorted order, as ``regions.summarize``)."""
+NUM_FEATURES = len(FEATURE_NAMES)
+NUM_GLOBALS = 9
 
 
 def _zscore(x: jax.Array, valid: jax.Array) -> jax.Array:
@@ -82,6 +87,13 @@ def observe(
         "sedated": jax.tree.map(
             lambda s, w: jnp.broadcast_to(s == SEDATED, jnp.shape(w)), state, obs.params
         ),
+        "dormant": jax.tree.map(
+            lambda a, w: jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(w)),
+            obs.activations
+            if obs.activations is not None
+            else jax.tree.map(lambda _: jnp.float32(0.0), obs.params),
+            obs.params,
+        ),
     }
     summary = rg.summarize(signals, layout)
     num = layout.num_regions
@@ -114,6 +126,7 @@ def observe(
     )
     trace = sum(jnp.sum(f) for f in jax.tree.leaves(fisher))
     progress = jnp.asarray(obs.step, jnp.float32) / obs.total_steps
+    health = jnp.zeros((3,), jnp.float32) if obs.health is None else obs.health
     globals_ = jnp.stack(
         [
             progress,
@@ -122,6 +135,9 @@ def observe(
             mean_alive([jnp.log1p(g) for g in pruned_gsnr]),
             mean_alive(flips),
             jnp.log(trace + tiny),
+            jnp.log(health[0] + 1e-6),
+            jnp.clip(health[1], -1.0, 1.0),
+            health[2],
         ]
     ).astype(jnp.float32)
     return AgentObs(

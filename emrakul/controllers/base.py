@@ -38,6 +38,14 @@ class Observation(NamedTuple):
       target: float32 [num_layers], the per-layer target sparsity of the run (from the budget
         distribution, uniform or ERK).
       key: a PRNG key for this decision.
+      activations: optional per-unit activation statistics: a tree with the params' structure
+        holding, for each pruned kernel, the ReDo dormant score (Sokar et al. 2023) of its
+        output units (float32 ``[units]``, the kernel's last axis) and a scalar ``0.0`` where
+        nothing was measured; ``None`` when the training loop passed none (see
+        :func:`emrakul.vitals.activation_tree`).
+      health: optional float32 ``[3]``: the training loss (an EMA), its relative slope
+        ``(fast EMA - slow EMA) / slow EMA`` and the last validation accuracy the loop reported
+        (0 if none); ``None`` when not tracked.
     """
 
     step: jax.Array
@@ -49,6 +57,8 @@ class Observation(NamedTuple):
     layer_size: tuple
     target: jax.Array
     key: jax.Array
+    activations: Any = None
+    health: jax.Array | None = None
 
 
 class Decision(NamedTuple):
@@ -92,6 +102,9 @@ class Controller(NamedTuple):
       drop_to: static, what weights leaving ALIVE become: ``LYSED`` (default) or ``SEDATED``.
       regrow_lysed: static, whether lysed weights may be regrown (RigL, SET, DSD).
       needs_vitals: static, whether the wrapper must keep vital signs for this controller.
+      needs_activations: static, whether the training loop should measure per-unit activation
+        statistics and the validation accuracy before each surgery and pass them to
+        ``update`` (``activations=``, ``val_accuracy=``); the learned controller reads them.
       gates: optional ``(controller_state, params, key) -> tree`` of float multipliers applied
         in the forward pass on top of the alive mask (gate controllers); ``None`` otherwise.
       learn: optional ``(controller_state, params, grads, key, step) -> controller_state``:
@@ -113,6 +126,7 @@ class Controller(NamedTuple):
     gates: Callable[..., PyTree] | None = None
     learn: Callable[..., Any] | None = None
     penalty: Callable[..., jax.Array] | None = None
+    needs_activations: bool = False
 
 
 def leaf_scores(obs: Observation, fn: Callable[..., jax.Array], *trees: PyTree) -> PyTree:

@@ -100,7 +100,9 @@ def decide_from_action(
     )._replace(lyse=jax.tree.map(lambda c: c == LYSE, per_weight))
 
 
-def _controller(name, init, choose, start, end, budget_span, regrow_span) -> Controller:
+def _controller(
+    name, init, choose, start, end, budget_span, regrow_span, needs_activations=False
+) -> Controller:
     """A controller applying ``choose(obs, state) -> (action, layout)`` via
     :func:`decide_from_action`; both learned-controller variants share it."""
 
@@ -124,6 +126,7 @@ def _controller(name, init, choose, start, end, budget_span, regrow_span) -> Con
         drop_to=SEDATED,
         regrow_lysed=False,
         needs_vitals=True,
+        needs_activations=needs_activations,
     )
 
 
@@ -199,7 +202,9 @@ def deployed(
         policy = agent.apply(policy_params, agent_obs, method=nw.Agent.actor)
         return nw.mode(policy, agent_obs), layout
 
-    return _controller("magistrate", init, choose, start, end, budget_span, regrow_span)
+    return _controller(
+        "magistrate", init, choose, start, end, budget_span, regrow_span, needs_activations=True
+    )
 
 
 def load_policy(path: str):

@@ -7,7 +7,7 @@ summarises any of them per region into the fixed-shape matrix the agent observes
 """
 
 from emrakul.vitals import regions
-from emrakul.vitals.activations import ActivationStats, activation_stats
+from emrakul.vitals.activations import ActivationStats, activation_stats, activation_tree
 from emrakul.vitals.hessian import hessian_diag
 from emrakul.vitals.signals import fisher, grad_mean, gsnr, magnitude, saliency
 from emrakul.vitals.state import VitalsState, init, update
@@ -16,6 +16,7 @@ __all__ = [
     "ActivationStats",
     "VitalsState",
     "activation_stats",
+    "activation_tree",
     "fisher",
     "grad_mean",
     "gsnr",

@@ -155,3 +155,52 @@ def activation_stats(
     found: dict[str, list[jax.Array]] = {}
     _collect(state.get("intermediates", {}), (), activation, found)
     return {name: _stats(values, tau, name) for name, values in found.items()}
+
+
+def activation_tree(
+    params: PyTree,
+    stats: Mapping[str, ActivationStats] | None,
+    filter: Callable[[tuple, Any], bool] | None = None,
+) -> PyTree:
+    """Maps :func:`activation_stats`' per-layer results onto the params tree.
+
+    A kernel leaf at path ``.../Dense_0/kernel`` takes the statistics of layer ``Dense_0``
+    (a key of ``stats`` equal to the kernel's parent path, or a suffix of it, so that a
+    leading ``params/`` does not matter). Its entry is the ReDo dormant score of its output
+    units (float32 ``[units]``, the kernel's last axis); leaves that are not kernels, or whose
+    layer has no statistics, hold the scalar ``0.0`` placeholder.
+
+    Args:
+      params: the parameter tree.
+      stats: the dict returned by :func:`activation_stats` (``None``: all placeholders).
+      filter: ``(path, leaf) -> bool`` choosing the leaves that get statistics; default: the
+        pruning default (floating leaves with ``ndim >= 2``).
+
+    Returns:
+      A tree with the params' structure.
+
+    Raises:
+      ValueError: if a layer's unit count differs from its kernel's last axis.
+    """
+    from emrakul._tree import default_filter, path_str
+
+    filter = filter or default_filter
+    stats = dict(stats or {})
+
+    def one(path, leaf):
+        if not filter(path, leaf):
+            return jnp.float32(0.0)
+        parts = path_str(path).split("/")[:-1]
+        for start in range(len(parts)):
+            name = "/".join(parts[start:])
+            if name in stats:
+                score = stats[name].dormant_score
+                if score.shape[-1:] != jnp.shape(leaf)[-1:]:
+                    raise ValueError(
+                        f"layer '{name}' has {score.shape[-1]} units but the kernel at "
+                        f"'{path_str(path)}' has {jnp.shape(leaf)[-1]} outputs"
+                    )
+                return score.astype(jnp.float32)
+        return jnp.float32(0.0)
+
+    return jax.tree_util.tree_map_with_path(one, params)
