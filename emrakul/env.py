@@ -16,6 +16,7 @@ of the interval (the same estimator, on the fixed validation split).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -36,6 +37,15 @@ from emrakul.loop import RunState, make_train
 from emrakul.masks.structures import Units
 from emrakul.surgery.lifecycle import ALIVE
 from emrakul.vitals import regions as rg
+
+
+def host_layout(config: ml_collections.ConfigDict) -> rg.RegionLayout:
+    """The ``Units`` region layout of the pruned kernels of ``config``'s host."""
+    module = hosts.make_host(config.host.kind, tuple(config.host.width))
+    shapes = jax.eval_shape(
+        lambda k: module.init(k, jnp.zeros((1, hosts.SIGNAL_LENGTH))), jax.random.PRNGKey(0)
+    )["params"]
+    return rg.layout(shapes, Units(-1), filter=default_filter)
 
 
 class EnvState(NamedTuple):
@@ -73,17 +83,15 @@ class SurgeryEnv:
         end: float = 0.8,
         drop_features: tuple[str, ...] = (),
     ):
-        module = hosts.make_host(config.host.kind, tuple(config.host.width))
-        shapes = jax.eval_shape(
-            lambda k: module.init(k, jnp.zeros((1, hosts.SIGNAL_LENGTH))), jax.random.PRNGKey(0)
-        )["params"]
-        self.layout = rg.layout(shapes, Units(-1), filter=default_filter)
+        self.layout = host_layout(config)
         self.r_max = r_max or self.layout.num_regions
         self.l_max = l_max or self.layout.num_layers
         self.config = config
         self.drop_features = tuple(drop_features)
         self.reward_config = reward_config or rw.RewardConfig()
-        self.controller = action_controller(self.layout, self.r_max, start=start, end=end)
+        self.controller = action_controller(
+            self.layout, self.r_max, self.l_max, start=start, end=end
+        )
         self.trainer = make_train(config, self.controller)
         self.num_steps = self.trainer.num_intervals
         self.layer_size = tuple(
@@ -165,3 +173,38 @@ class SurgeryEnv:
             "val_accuracy": m.val_accuracy,
         }
         return obs, next_state, total, done, info
+
+
+def population(
+    configs: Sequence[ml_collections.ConfigDict], **kwargs: Any
+) -> tuple[SurgeryEnv, ...]:
+    """Host groups of different widths and depths that one policy can act on together.
+
+    Every group gets the largest region count and layer count of the population as its padding
+    (``r_max``, ``l_max``), so that all observations share one shape; each group keeps its own
+    compiled host program (a population vmaps over seeds within a group, and the meta-training
+    loop runs the groups side by side in one compiled step).
+
+    Args:
+      configs: one experiment config per group; they must give the same number of surgery
+        intervals (``train.steps // prune.every``), the episode length.
+      **kwargs: forwarded to :class:`SurgeryEnv` (``reward_config``, ``start``, ``end``,
+        ``drop_features``).
+
+    Raises:
+      ValueError: no configs, different episode lengths, or an ``r_max`` / ``l_max`` keyword.
+    """
+    if not configs:
+        raise ValueError("population needs at least one host config")
+    if "r_max" in kwargs or "l_max" in kwargs:
+        raise ValueError("population sets r_max and l_max itself")
+    lengths = {int(c.train.steps) // int(c.prune.every) for c in configs}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"host groups must have the same episode length (train.steps // prune.every), "
+            f"got {sorted(lengths)}"
+        )
+    layouts = [host_layout(c) for c in configs]
+    r_max = max(lay.num_regions for lay in layouts)
+    l_max = max(lay.num_layers for lay in layouts)
+    return tuple(SurgeryEnv(c, r_max=r_max, l_max=l_max, **kwargs) for c in configs)

@@ -56,7 +56,7 @@ def test_observation_shapes_and_padding(env):
 
 def test_neutral_action_is_gmp_and_episode_auto_resets(env):
     key = jax.random.PRNGKey(3)
-    neutral = neutral_action(env.layout.num_layers, env.r_max)
+    neutral = neutral_action(env.l_max, env.r_max)
     _, (reward, done, val_acc, sparsity, _) = jax.jit(
         lambda k: run_episode(env, k, lambda i: neutral)
     )(key)
@@ -70,7 +70,7 @@ def test_neutral_action_is_gmp_and_episode_auto_resets(env):
 
 def test_region_decisions_act(env):
     key = jax.random.PRNGKey(1)
-    neutral = neutral_action(env.layout.num_layers, env.r_max)
+    neutral = neutral_action(env.l_max, env.r_max)
     lyse_first = neutral._replace(region=neutral.region.at[:4].set(LYSE))
     _, state = env.reset(key)
     step = jax.jit(env.step)
@@ -86,7 +86,7 @@ def test_vmap_over_a_population(env):
     obs, state = jax.vmap(env.reset)(keys)
     act = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (3, *x.shape)),
-        neutral_action(env.layout.num_layers, env.r_max),
+        neutral_action(env.l_max, env.r_max),
     )
     obs, state, reward, _, _ = jax.jit(jax.vmap(env.step))(keys, state, act, None)
     assert reward.shape == (3,) and obs.regions.shape == (3, 96, features.NUM_FEATURES)

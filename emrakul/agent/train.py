@@ -1,8 +1,10 @@
 """Meta-training the Magistrate with PPO on a population of living host networks.
 
-PureJaxRL-style (``make_train(config) -> train``): a population of ``num_hosts`` hosts is one
-vmapped :class:`~emrakul.env.SurgeryEnv`; one PPO iteration rolls the population through one
-whole episode (every surgery interval of a host training run: ``num_hosts * num_steps``
+PureJaxRL-style (``make_train(config) -> train``): a population is one or several
+:class:`~emrakul.env.SurgeryEnv` groups (hosts of different widths and depths; build them with
+:func:`emrakul.env.population` so that they share one padded observation shape), each vmapped
+over ``num_hosts`` seeds; one policy acts on all of them. One PPO iteration rolls the population
+through one whole episode (every surgery interval of a host training run: ``num_hosts * num_steps``
 decisions), computes GAE advantages (Schulman et al. 2016) and takes ``epochs`` passes of
 minibatch PPO-clip updates (Schulman et al. 2017) on the agent, all inside one compiled
 ``update`` step. Python drives the iterations (progress, logging) with the same compiled step.
@@ -10,6 +12,7 @@ minibatch PPO-clip updates (Schulman et al. 2017) on the agent, all inside one c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -57,26 +60,60 @@ class Transition(NamedTuple):
 
 
 class Trainer(NamedTuple):
-    env: SurgeryEnv
+    env: SurgeryEnv  # the first group's
     agent: nw.Agent
     init: Any
     update: Any
+    envs: tuple[SurgeryEnv, ...] = ()
 
 
-def make_agent_train(env: SurgeryEnv, cfg: PPOConfig = PPOConfig()) -> Trainer:  # noqa: B008
-    """Builds ``init(key) -> AgentTrainState`` and ``update(state) -> (state, metrics)``."""
+def _concat(*trees):
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+def make_agent_train(
+    env: SurgeryEnv | Sequence[SurgeryEnv],
+    cfg: PPOConfig = PPOConfig(),  # noqa: B008
+) -> Trainer:
+    """Builds ``init(key) -> AgentTrainState`` and ``update(state) -> (state, metrics)``.
+
+    Args:
+      env: one environment, or several host groups (:func:`emrakul.env.population`: same
+        padded observation shape and episode length); each group runs ``cfg.num_hosts`` hosts.
+      cfg: the PPO hyperparameters.
+
+    Raises:
+      ValueError: groups with different episode lengths or observation padding, or a
+        minibatch count that does not divide the batch.
+    """
+    envs = (env,) if isinstance(env, SurgeryEnv) else tuple(env)
+    if not envs:
+        raise ValueError("make_agent_train needs at least one environment")
+    shapes = {(e.num_steps, e.r_max, e.l_max) for e in envs}
+    if len(shapes) != 1:
+        raise ValueError(
+            "host groups must share the episode length and the padding (num_steps, r_max, "
+            f"l_max); got {sorted(shapes)} (build them with emrakul.env.population)"
+        )
+    num_steps = envs[0].num_steps
+    n = cfg.num_hosts
     agent = nw.Agent(keep_bias=cfg.keep_bias)
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
-    batch = cfg.num_hosts * env.num_steps
+    batch = len(envs) * n * num_steps
     if batch % cfg.num_minibatches:
         raise ValueError(
-            f"num_minibatches={cfg.num_minibatches} must divide num_hosts * episode length "
-            f"= {batch}"
+            f"num_minibatches={cfg.num_minibatches} must divide groups * num_hosts * episode "
+            f"length = {batch}"
         )
 
     def init(key: jax.Array) -> AgentTrainState:
         k_env, k_agent, key = jax.random.split(key, 3)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, cfg.num_hosts))
+        out = [
+            jax.vmap(e.reset)(jax.random.split(jax.random.fold_in(k_env, g), n))
+            for g, e in enumerate(envs)
+        ]
+        obs = _concat(*[o for o, _ in out])
+        env_state = tuple(s for _, s in out)
         params = agent.init(k_agent, jax.tree.map(lambda x: x[0], obs))
         return AgentTrainState(params, tx.init(params), env_state, obs, key)
 
@@ -86,12 +123,20 @@ def make_agent_train(env: SurgeryEnv, cfg: PPOConfig = PPOConfig()) -> Trainer: 
         params, env_state, obs, key = carry
         key, k_act, k_env = jax.random.split(key, 3)
         policy, value = apply(params, obs)
-        keys = jax.random.split(k_act, cfg.num_hosts)
+        keys = jax.random.split(k_act, len(envs) * n)
         action = jax.vmap(nw.sample)(keys, policy, obs)
         log_prob = jax.vmap(nw.log_prob)(policy, obs, action)
-        next_obs, env_state, reward, done, info = jax.vmap(env.step)(
-            jax.random.split(k_env, cfg.num_hosts), env_state, action, None
-        )
+        outs = []
+        for g, e in enumerate(envs):
+            act_g = jax.tree.map(lambda a, g=g: a[g * n : (g + 1) * n], action)
+            outs.append(
+                jax.vmap(e.step)(
+                    jax.random.split(jax.random.fold_in(k_env, g), n), env_state[g], act_g, None
+                )
+            )
+        next_obs = _concat(*[o[0] for o in outs])
+        env_state = tuple(o[1] for o in outs)
+        reward, done, info = (_concat(*[o[i] for o in outs]) for i in (2, 3, 4))
         tr = Transition(obs, action, log_prob, value, reward, done)
         return (params, env_state, next_obs, key), (tr, info)
 
@@ -104,9 +149,7 @@ def make_agent_train(env: SurgeryEnv, cfg: PPOConfig = PPOConfig()) -> Trainer: 
 
     def update(state: AgentTrainState):
         carry = (state.params, state.env_state, state.obs, state.key)
-        (params, env_state, obs, key), (traj, info) = jax.lax.scan(
-            env_step, carry, None, env.num_steps
-        )
+        (params, env_state, obs, key), (traj, info) = jax.lax.scan(env_step, carry, None, num_steps)
         last_value = apply(params, obs)[1]
         values = jnp.concatenate([traj.value, last_value[None]], axis=0)
         discounts = cfg.gamma * (1.0 - traj.done.astype(jnp.float32))
@@ -151,6 +194,13 @@ def make_agent_train(env: SurgeryEnv, cfg: PPOConfig = PPOConfig()) -> Trainer: 
             "clip_fraction": m.clip_fraction.mean(),
             "entropy": m.entropy.mean(),
         }
+        if len(envs) > 1:  # per host group: [T, groups * n] columns g * n ... (g + 1) * n
+            for g in range(len(envs)):
+                d = done[:, g * n : (g + 1) * n]
+                acc = info["test_accuracy"][:, g * n : (g + 1) * n]
+                metrics[f"test_accuracy/{g}"] = jnp.sum(jnp.where(d, acc, 0.0)) / jnp.maximum(
+                    d.sum(), 1
+                )
         return AgentTrainState(params, opt_state, env_state, obs, key), metrics
 
-    return Trainer(env, agent, init, update)
+    return Trainer(envs[0], agent, init, update, envs)

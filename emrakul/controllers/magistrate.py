@@ -133,6 +133,7 @@ def _controller(
 def action_controller(
     layout: rg.RegionLayout,
     r_max: int,
+    l_max: int | None = None,
     *,
     start: float = 0.2,
     end: float = 0.8,
@@ -144,6 +145,7 @@ def action_controller(
     Args:
       layout: the host's ``Units`` region layout over its pruned kernels.
       r_max: the padded region count of the actions.
+      l_max: the padded layer count of the actions (default: the host's own).
       start, end: the GMP schedule the action corrects (fractions of training).
       budget_span: how far (as a fraction of the target) a budget can move a layer early on.
       regrow_span: the largest churn (at ``regrow -> 1``, early in training).
@@ -151,7 +153,7 @@ def action_controller(
 
     def init(params, observation: Observation, key=None) -> ActionState:
         del params, key
-        return ActionState(neutral_action(len(observation.layer_size), r_max))
+        return ActionState(neutral_action(l_max or len(observation.layer_size), r_max))
 
     def choose(obs: Observation, state: ActionState):
         return state.action, layout
