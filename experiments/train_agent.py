@@ -9,8 +9,13 @@ sparsity of the population, PPO statistics), ``episode_return.png``, and the age
 as an orbax checkpoint under ``agent/``. The host population uses the experiment config's host,
 data, training and pruning fields (override with ``--config.FIELD=VALUE``).
 
-Status (issue 4, in progress): this trains and logs; the frozen-policy evaluation against GMP
-and RigL, the ablation and the cost benchmark are not written yet.
+With ``--config.population="64,64;32,32,32;128"`` the population mixes host widths and depths
+(one group per entry, ``--hosts`` seeds each; :func:`emrakul.env.population` pads them to one
+observation shape); the per-group final test accuracy is logged as ``test_accuracy/G``.
+
+Evaluate the frozen policy with ``python -m experiments.train --config
+experiments/configs/agent.py --config.compare=dense,gmp,rigl,magistrate
+--config.controllers.magistrate.policy=WORKDIR/agent --config.seed_offset=1000``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent.train import PPOConfig, make_agent_train
-from emrakul.env import SurgeryEnv
+from emrakul.env import SurgeryEnv, population
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "agent.py"), "Host config."
@@ -44,9 +49,21 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    env = SurgeryEnv(_CONFIG.value, drop_features=tuple(_DROP.value))
+    config = _CONFIG.value
+    drop = tuple(_DROP.value)
+    groups = [g for g in str(config.get("population", "")).split(";") if g.strip()]
+    if groups:
+        configs = []
+        for g in groups:
+            c = config.copy_and_resolve_references()
+            c.host.width = tuple(int(w) for w in g.split(",") if w.strip())
+            configs.append(c)
+        envs = population(configs, drop_features=drop)
+        print(f"population: {len(envs)} groups x {_HOSTS.value} hosts, widths {groups}")
+    else:
+        envs = SurgeryEnv(config, drop_features=drop)
     cfg = PPOConfig(num_hosts=_HOSTS.value)
-    trainer = make_agent_train(env, cfg)
+    trainer = make_agent_train(envs, cfg)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(_SEED.value))
     update = jax.jit(trainer.update)
     rows = []
