@@ -7,6 +7,12 @@ Writes into ``--workdir``: ``metrics.jsonl`` (one row per controller, seed and s
 interval), ``summary.json`` and ``summary.md`` (final test accuracy mean and 95% CI, final
 sparsity), ``accuracy_loss.png``, ``layer_sparsity.png``, ``mask_churn.png``, and orbax
 checkpoints under ``checkpoints/`` from which an interrupted run resumes.
+
+With an RL config (one that has an ``rl`` field, e.g. ``experiments/configs/cartpole_dqn.py``)
+it trains a DQN host (:mod:`emrakul.hosts.dqn`) per controller instead, seeds vmapped, and
+writes ``rl_metrics.jsonl`` (one row per controller, seed and surgery interval), ``summary.md``
+(return of the episodes of the last 20% of training, mean and 95% CI; final sparsity) and
+``returns.png``.
 """
 
 from __future__ import annotations
@@ -34,10 +40,94 @@ def controllers_of(config) -> list[str]:
     return list(compare) or [config.controller]
 
 
+def _main_rl(config, workdir: str) -> None:
+    """The RL branch: a DQN host per controller, seeds vmapped, a chunked compiled program."""
+    import json
+    import time
+
+    import jax
+    import numpy as np
+
+    from emrakul import stats
+    from emrakul.hosts import dqn
+
+    base = dqn.DQNConfig(**dict(config.rl))
+    names = controllers_of(config)
+    keys = jax.random.split(jax.random.PRNGKey(int(config.seed_offset)), int(config.seeds))
+    rows, table = [], []
+    curves = {}
+    for name in names:
+        host = dqn.make_dqn(base, name)
+        state = jax.jit(jax.vmap(host.init))(keys)
+        # the largest chunk <= config.chunk that divides the run: one compiled program
+        chunk = max(c for c in range(1, int(config.chunk) + 1) if host.num_intervals % c == 0)
+        run = jax.jit(jax.vmap(lambda s, n=chunk, h=host: h.run(s, n)))
+        done, parts, start = 0, [], time.time()
+        while done < host.num_intervals:
+            state, m = run(state)
+            m = jax.tree.map(np.asarray, m)
+            parts.append(m)
+            done += m.env_steps.shape[1]
+            ret = np.sum(m.return_sum) / max(np.sum(m.episodes), 1)
+            print(
+                f"{name:>10s}  interval {done:3d}/{host.num_intervals}  env steps "
+                f"{int(m.env_steps[0, -1]):7d}  return {ret:7.1f}  sparsity "
+                f"{abs(float(m.sparsity[0, -1])):.3f}  ({time.time() - start:.0f}s)",
+                flush=True,
+            )
+        m = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+        late = max(1, round(0.2 * m.env_steps.shape[1]))
+        finals = np.sum(m.return_sum[:, -late:], 1) / np.maximum(
+            np.sum(m.episodes[:, -late:], 1), 1
+        )
+        for i in range(finals.shape[0]):
+            for j in range(m.env_steps.shape[1]):
+                rows.append({"controller": name, "seed": int(config.seed_offset) + i,
+                             "interval": j, "env_steps": int(m.env_steps[i, j]),
+                             "mean_return": float(m.mean_return[i, j]),
+                             "sparsity": float(m.sparsity[i, j])})  # fmt: skip
+        mean, ci = stats.mean_ci(finals)
+        table.append((name, mean, ci, abs(float(np.mean(m.sparsity[:, -1]))), time.time() - start))
+        curves[name] = (m.env_steps[0], m.return_sum, m.episodes)
+    with open(os.path.join(workdir, "rl_metrics.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    lines = [
+        f"{base.env_name} DQN, {base.total_env_steps} env steps, {int(config.seeds)} seeds; "
+        "return = mean over the episodes of the last 20% of training",
+        "",
+        "| controller | return (mean ± 95% CI) | final sparsity | wall s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {m:.1f} ± {c:.1f} | {s:.4f} | {w:.0f} |" for n, m, c, s, w in table]
+    text = "\n".join(lines)
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (steps, ret, eps) in curves.items():
+        ax.plot(steps, np.sum(ret, 0) / np.maximum(np.sum(eps, 0), 1), label=name)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean episode return (all seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "returns.png"), dpi=100)
+    print(text)
+    print(f"\nwrote {workdir}/rl_metrics.jsonl, summary.md and returns.png")
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
+    if "rl" in config:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        _main_rl(config, _WORKDIR.value)
+        return
     names = controllers_of(config)
     validate(config, names)
     workdir = _WORKDIR.value

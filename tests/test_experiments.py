@@ -72,3 +72,21 @@ def test_sweep_skips_finished_cells(tmp_path):
     assert "skip gmp @ 0.8" in again.stdout
     assert read_lines(os.path.join(work, "results.csv")) == lines
     assert os.path.exists(os.path.join(work, "accuracy_vs_sparsity.png"))
+
+
+def test_train_runs_a_pruned_cartpole_dqn(tmp_path):
+    work = str(tmp_path / "rl")
+    out = run(
+        "experiments.train",
+        f"--workdir={work}",
+        "--config=experiments/configs/cartpole_dqn.py",
+        "--config.rl.total_env_steps=8000",
+        "--config.rl.prune_every=100",
+        "--config.seeds=2",
+    )
+    assert "| gmp |" in out.stdout and "| dense |" in out.stdout
+    rows = [json.loads(line) for line in read_lines(os.path.join(work, "rl_metrics.jsonl"))]
+    gmp = [r for r in rows if r["controller"] == "gmp"]
+    last = max(r["interval"] for r in gmp)
+    assert {round(r["sparsity"], 3) for r in gmp if r["interval"] == last} == {0.9}
+    assert os.path.getsize(os.path.join(work, "returns.png")) > 0
