@@ -19,6 +19,8 @@ def summarize(results: Sequence[Result]) -> dict[str, dict]:
         final_sparsity = r.metrics.sparsity[:, -1]
         out[r.controller] = {
             "seeds": len(r.test["accuracy"]),
+            "seed_list": [r.seed_offset + i for i in range(len(r.test["accuracy"]))],
+            "test_accuracy": [float(a) for a in r.test["accuracy"]],  # per seed
             "test_accuracy_mean": acc_mean,
             "test_accuracy_ci95": acc_ci,
             "test_loss_mean": loss_mean,

@@ -48,6 +48,7 @@ def test_train_main_job_writes_everything(tmp_path):
         summary = json.load(f)
     assert summary["gmp"]["final_sparsity_mean"] == pytest.approx(0.8, abs=1e-3)
     assert summary["dense"]["final_sparsity_mean"] == 0.0
+    assert summary["gmp"]["seed_list"] == [0, 1] and len(summary["gmp"]["test_accuracy"]) == 2
     with open(os.path.join(work, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 2 * 2 * 10  # controllers x seeds x intervals
