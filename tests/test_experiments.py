@@ -91,3 +91,16 @@ def test_train_runs_a_pruned_cartpole_dqn(tmp_path):
     last = max(r["interval"] for r in gmp)
     assert {round(r["sparsity"], 3) for r in gmp if r["interval"] == last} == {0.9}
     assert os.path.getsize(os.path.join(work, "returns.png")) > 0
+
+
+def test_compare_pairs_seeds(tmp_path):
+    from experiments import compare
+
+    for name, accs in [("a", [0.5, 0.6, 0.7]), ("b", [0.55, 0.62, 0.74])]:
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "summary.json", "w") as f:
+            json.dump({"c": {"seed_list": [3, 4, 5], "test_accuracy": accs}}, f)
+    table = compare.compare(f"{tmp_path / 'a'}:c", [f"{tmp_path / 'b'}:c"])
+    assert "+0.0367 ± " in table  # mean of 0.05, 0.02, 0.04
+    with pytest.raises(ValueError, match="no controller"):
+        compare.per_seed(f"{tmp_path / 'a'}:zzz")
