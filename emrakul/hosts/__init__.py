@@ -4,6 +4,12 @@
   minibatch sampling.
 * :mod:`emrakul.hosts.classifier`: Flax Linen MLP and 1-D CNN classifiers, a fast ``Conv1D``,
   and loss/metric helpers.
+
+Reinforcement-learning hosts on gymnax (imported on demand, so that the classifiers do not
+import gymnax): :mod:`emrakul.hosts.dqn` (DQN with an in-state replay buffer,
+:mod:`emrakul.hosts.replay`), :mod:`emrakul.hosts.ppo_host` (PPO-clip) and their networks in
+:mod:`emrakul.hosts.rl_nets` (MinAtar's CNN with a fast ``Conv2D``, width multiplier, global
+average pooling control).
 """
 
 from emrakul.hosts.classifier import (
