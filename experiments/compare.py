@@ -6,6 +6,8 @@ Each ``DIR`` is an ``experiments.train`` workdir (its ``summary.json`` keeps the
 accuracies); seeds present in both are paired, and the table gives each mean and the mean of
 the per-seed differences ``other - base`` with its 95% t interval (a paired test is the right
 one here: both controllers train the same host initialisations on the same data order).
+``--pool`` adds a row for the per-seed average of all ``--other`` runs (e.g. policies from
+several meta-training seeds), paired with the base on the seeds they all share.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from emrakul.stats import mean_ci
 
 _BASE = flags.DEFINE_string("base", None, "DIR:controller of the reference.", required=True)
 _OTHER = flags.DEFINE_multi_string("other", [], "DIR:controller to compare (repeatable).")
+_POOL = flags.DEFINE_bool("pool", False, "Add a row pooling all --other runs per seed.")
 
 
 def per_seed(spec: str) -> dict[int, float]:
@@ -43,7 +46,7 @@ def per_seed(spec: str) -> dict[int, float]:
     return dict(zip(s["seed_list"], s["test_accuracy"], strict=True))
 
 
-def compare(base: str, others: list[str]) -> str:
+def compare(base: str, others: list[str], pool: bool = False) -> str:
     """A markdown table of paired differences (see the module docstring)."""
     ref = per_seed(base)
     lines = [
@@ -61,12 +64,23 @@ def compare(base: str, others: list[str]) -> str:
         mean_b = sum(ref[s] for s in seeds) / len(seeds)
         lines.append(f"| {spec} | {len(seeds)} | {mean_o:.4f} | {mean_b:.4f} | "
                      f"{diff:+.4f} ± {ci:.4f} |")  # fmt: skip
+    if pool and others:
+        runs = [per_seed(spec) for spec in others]
+        seeds = sorted(set(ref).intersection(*runs))
+        if not seeds:
+            raise ValueError("the pooled runs share no seed with the base")
+        avg = {s: sum(r[s] for r in runs) / len(runs) for s in seeds}
+        diff, ci = mean_ci([avg[s] - ref[s] for s in seeds])
+        mean_b = sum(ref[s] for s in seeds) / len(seeds)
+        mean_o = sum(avg.values()) / len(seeds)
+        lines.append(f"| pooled ({len(runs)} runs per seed) | {len(seeds)} | {mean_o:.4f} | "
+                     f"{mean_b:.4f} | {diff:+.4f} ± {ci:.4f} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv) -> None:
     del argv
-    print(compare(_BASE.value, _OTHER.value))
+    print(compare(_BASE.value, _OTHER.value, _POOL.value))
 
 
 if __name__ == "__main__":

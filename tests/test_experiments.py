@@ -102,5 +102,7 @@ def test_compare_pairs_seeds(tmp_path):
             json.dump({"c": {"seed_list": [3, 4, 5], "test_accuracy": accs}}, f)
     table = compare.compare(f"{tmp_path / 'a'}:c", [f"{tmp_path / 'b'}:c"])
     assert "+0.0367 ± " in table  # mean of 0.05, 0.02, 0.04
+    pooled = compare.compare(f"{tmp_path / 'a'}:c", [f"{tmp_path / 'b'}:c"] * 2, pool=True)
+    assert "| pooled (2 runs per seed) | 3 |" in pooled and pooled.count("+0.0367") == 3
     with pytest.raises(ValueError, match="no controller"):
         compare.per_seed(f"{tmp_path / 'a'}:zzz")
