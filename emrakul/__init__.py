@@ -1,6 +1,6 @@
 """Emrakul: dynamic, reinforcement-learning driven pruning of JAX networks while they train."""
 
-from emrakul import controllers, masks, surgery, vitals
+from emrakul import controllers, filters, masks, surgery, vitals
 from emrakul.wrapper import EmrakulState, layer_sparsity, masked, sparsity, wrap
 
 __version__ = "0.1.0"
@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EmrakulState",
     "controllers",
+    "filters",
     "layer_sparsity",
     "masked",
     "masks",

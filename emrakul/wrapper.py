@@ -37,7 +37,7 @@ import optax
 
 from emrakul import masks as msk
 from emrakul import vitals as vit
-from emrakul._tree import Filter, PyTree, check_same_structure
+from emrakul._tree import Filter, PyTree, check_params, check_same_structure
 from emrakul.controllers.base import Controller, Observation
 from emrakul.masks.structures import Structure, Unstructured, check_structure
 from emrakul.surgery import anesthesia, budgets, lifecycle
@@ -292,6 +292,7 @@ def wrap(
         check_structure(structure)
 
     def init(params: PyTree) -> EmrakulState:
+        check_params(params)
         mask_tree = msk.init(params, filter)
         structures = _structures(params, mask_tree, structure)
         del structures  # validated here; recomputed (static) in update
