@@ -355,8 +355,10 @@ def make_network(config: DQNConfig, num_actions: int) -> nn.Module:
     return MLPQNetwork(num_actions, hidden=tuple(config.mlp_hidden))
 
 
-def _step_env(env, env_params, keys, env_state, action):
-    """Vectorised gymnax step; returns obs, state, reward, terminated, done, final obs."""
+def step_envs(env, env_params, keys, env_state, action):
+    """Vectorised gymnax step (``keys`` and ``action`` batched over environments); returns
+    obs, state, reward (float32), terminated, done (terminated or truncated) and the final
+    observation of finished episodes (gymnax 1.0's ``info["final_observation"]``)."""
     out = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, env_state, action, env_params)
     if len(out) == 6:  # gymnax >= 1.0: obs, state, reward, terminated, truncated, info
         obs, env_state, reward, terminated, truncated, info = out
@@ -441,7 +443,7 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         state, acc = carry
         key, k_act, k_env = jax.random.split(state.key, 3)
         action = act(state, k_act, linear_epsilon(config, state.env_steps), random_only)
-        obs, env_state, reward, terminated, done, final_obs = _step_env(
+        obs, env_state, reward, terminated, done, final_obs = step_envs(
             env, env_params, jax.random.split(k_env, n), state.env_state, action
         )
         transition = Transition(
@@ -581,7 +583,7 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
             greedy = jnp.argmax(q_values(weights, obs), axis=-1)
             explore = jax.random.uniform(k_explore, (n,)) < epsilon
             action = jnp.where(explore, jax.random.randint(k_act, (n,), 0, num_actions), greedy)
-            obs, env_state, reward, _, done, _ = _step_env(
+            obs, env_state, reward, _, done, _ = step_envs(
                 env, env_params, jax.random.split(k_env, n), env_state, action
             )
             ret = ret + reward

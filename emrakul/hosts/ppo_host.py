@@ -36,6 +36,7 @@ import rlax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
+from emrakul.hosts.dqn import step_envs
 from emrakul.hosts.rl_nets import POOLINGS, Conv2D
 
 _SMALL = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
@@ -276,15 +277,9 @@ def make_ppo(config: PPOHostConfig, controller: str | ctl.Controller | None = No
         )
         action = jax.random.categorical(k_act, logits)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
-        out = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(k_env, n), state.env_state, action, env_params
+        obs, env_state, reward, _, done, _ = step_envs(
+            env, env_params, jax.random.split(k_env, n), state.env_state, action
         )
-        if len(out) == 6:  # gymnax >= 1.0: obs, state, reward, terminated, truncated, info
-            obs, env_state, reward, terminated, truncated, _ = out
-            done = terminated | truncated
-        else:
-            obs, env_state, reward, done, _ = out
-        reward = reward.astype(jnp.float32)
         ret = state.episode_return + reward
         ret_sum = ret_sum + jnp.sum(jnp.where(done, ret, 0.0))
         episodes = episodes + jnp.sum(done)
