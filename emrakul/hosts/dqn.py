@@ -481,7 +481,9 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         loss, grads = jax.value_and_grad(loss_fn)(
             state.params, state.opt_state, state.target_params, batch
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, surgery=surgery)
+        updates, opt_state = tx.update(
+            grads, state.opt_state, state.params, surgery=surgery, value=loss
+        )  # the loss feeds the wrapper's health EMAs (observed by the learned controller)
         state = state._replace(
             params=optax.apply_updates(state.params, updates),
             opt_state=opt_state,

@@ -303,8 +303,8 @@ def make_ppo(config: PPOHostConfig, controller: str | ctl.Controller | None = No
 
     def sgd(carry, mb, surgery: bool):
         params, opt_state = carry
-        grads, aux = jax.grad(loss_fn, has_aux=True)(params, opt_state, mb)
-        updates, opt_state = tx.update(grads, opt_state, params, surgery=surgery)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, opt_state, mb)
+        updates, opt_state = tx.update(grads, opt_state, params, surgery=surgery, value=loss)
         return (optax.apply_updates(params, updates), opt_state), jnp.stack(aux)
 
     def iteration(carry, surgery: bool):
