@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from emrakul import sharding as shd
 from emrakul.checkpoint import Checkpointer
 from emrakul.loop import IntervalMetrics, RunState, make_train
 
@@ -68,6 +69,7 @@ def run_controller(
     chunk: int = 5,
     progress: bool = True,
     max_chunks: int | None = None,
+    shard: bool = False,
 ) -> Result | None:
     """Trains ``seeds`` seeds of one controller, vmapped, in checkpointed chunks.
 
@@ -81,13 +83,22 @@ def run_controller(
       progress: print a progress bar to stderr.
       max_chunks: stop after this many chunks of this call (to simulate an interruption in
         tests); returns ``None`` if the run is not finished.
+      shard: split the seeds over a 1-D mesh of all devices (:mod:`emrakul.sharding`). Each
+        device computes its seeds as an unsharded run of ``seeds / devices`` seeds would: XLA
+        picks kernels by batch shape, so floats can differ from the all-seeds-on-one-device
+        run in the last bits (as between sweeps of different sizes), and in long runs a
+        near-tie mask decision can then go the other way.
 
     Returns:
       A :class:`Result`, or ``None`` when stopped early by ``max_chunks``.
 
     Raises:
       NonFiniteLossError: the training loss became NaN or inf (the last good checkpoint is kept).
+      ValueError: ``shard`` and ``seeds`` is not a multiple of the device count.
     """
+    mesh = shd.seed_mesh() if shard else None
+    if mesh is not None:
+        shd.check_divisible(seeds, mesh)
     trainer = make_train(config, controller)
     n = trainer.num_intervals
     # The largest chunk <= the requested one that divides the run: every chunk is then the same
@@ -104,6 +115,22 @@ def run_controller(
         return jax.tree.map(lambda x: jnp.zeros((seeds, n, *x.shape[1:]), x.dtype), one)
 
     abstract = jax.eval_shape(lambda k: Carry(init(k), empty_metrics(init(k))), keys)
+    if mesh is not None:  # every leaf has a leading seeds axis: split it over the devices
+        state_sh, metrics_sh = (shd.seed_shardings(x, mesh, seeds) for x in abstract)
+        keys = shd.shard_seeds(keys, mesh, seeds)
+        init = jax.jit(jax.vmap(trainer.init), out_shardings=state_sh)
+        run = jax.jit(
+            jax.vmap(trainer.run, in_axes=(0, None)),
+            static_argnums=1,
+            in_shardings=(state_sh,),
+            out_shardings=(state_sh, metrics_sh),
+        )
+        abstract = shd.abstract_sharded(abstract, mesh, seeds)
+    else:  # restore onto the default device, whichever devices saved the checkpoint
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+        )
     ckpt = None
     resumed, done = 0, 0
     carry = None
@@ -116,6 +143,8 @@ def run_controller(
     if carry is None:
         state = init(keys)
         carry = Carry(state, empty_metrics(state))
+    if mesh is not None:
+        carry = shd.shard_seeds(carry, mesh, seeds)
     start = time.time()
     chunks_this_call = 0
     while done < num_chunks:
@@ -124,7 +153,7 @@ def run_controller(
         lo = done * chunk
         size = min(chunk, n - lo)
         state, metrics = run(carry.state, size)
-        losses = np.asarray(metrics.train_loss)
+        losses = shd.to_host(metrics.train_loss)
         if not np.isfinite(losses).all():
             bad = sorted({int(s) + seed_offset for s in np.nonzero(~np.isfinite(losses))[0]})
             kept = f"chunk {done}" if ckpt is not None and done > 0 else "none"
@@ -145,11 +174,11 @@ def run_controller(
             ckpt.save(done, carry)
         if progress:
             _progress(f"{controller:>10}", min(done * chunk, n), n, start)
-    final_test = {k: np.asarray(v) for k, v in test(carry.state).items()}
+    final_test = shd.to_host(test(carry.state))
     return Result(
         controller=controller,
         layer_names=trainer.layer_names,
-        metrics=jax.tree.map(np.asarray, carry.metrics),
+        metrics=shd.to_host(carry.metrics),
         test=final_test,
         seconds=time.time() - start,
         resumed_from=resumed,
