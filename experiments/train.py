@@ -141,8 +141,12 @@ def main(argv) -> None:
     validate(config, names)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    import jax
+
+    writer = jax.process_index() == 0  # with several processes, only the first writes reports
+    if writer:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     results = []
     for name in names:
         results.append(
@@ -156,6 +160,8 @@ def main(argv) -> None:
                 shard=_SHARD.value,
             )
         )
+    if not writer:
+        return
     summary = report.write(workdir, results, target=float(config.prune.sparsity))
     print(report.markdown(summary, float(config.prune.sparsity)))
     print(f"\nwrote {workdir}/metrics.jsonl, summary.json, summary.md and plots")
