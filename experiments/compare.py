@@ -80,7 +80,10 @@ def compare(base: str, others: list[str], pool: bool = False) -> str:
 
 def main(argv) -> None:
     del argv
-    print(compare(_BASE.value, _OTHER.value, _POOL.value))
+    try:
+        print(compare(_BASE.value, _OTHER.value, _POOL.value))
+    except ValueError as e:
+        raise SystemExit(f"experiments.compare: {e}") from None
 
 
 if __name__ == "__main__":
