@@ -1,11 +1,16 @@
-"""The Magistrate: the learned pruning agent (issue 4, in progress).
+"""The Magistrate: the learned pruning agent.
 
-Landed so far: the agent's networks (Phage encoder shared over regions, Magistrate pooling and
-message passing, Surgeon General / Specialist heads, centralised critic), its action
-distributions, its observation features, the trauma-aware reward, the PPO pieces (GAE, clipped
-loss, minibatches), and ``emrakul.env.SurgeryEnv`` with the action-driven controller
-(``emrakul.controllers.magistrate``). Still to come: meta-training (``experiments.train_agent``),
-deployment of a frozen policy as a controller, and the issue's measurements.
+* :mod:`~emrakul.agent.networks`: Phage encoder shared over regions, Magistrate pooling and
+  message passing, Surgeon General / Specialist heads, centralised critic;
+* :mod:`~emrakul.agent.distributions`: the action distributions;
+* :mod:`~emrakul.agent.features`: what the agent observes (vital signs, ReDo activation
+  scores, loss health), padded to a fixed region / layer count;
+* :mod:`~emrakul.agent.reward`: the trauma-aware reward, every term logged;
+* :mod:`~emrakul.agent.ppo` and :mod:`~emrakul.agent.train`: PPO (rlax GAE and clipped
+  surrogate) over a population of hosts (:class:`emrakul.env.SurgeryEnv`,
+  :func:`emrakul.env.population`), all in one compiled update.
+
+A trained policy is deployed as ``emrakul.controllers.magistrate(policy=PATH)``.
 """
 
 from emrakul.agent import distributions, features, networks, ppo, reward
