@@ -31,7 +31,6 @@ from emrakul._tree import default_filter
 from emrakul.agent import features
 from emrakul.agent import reward as rw
 from emrakul.agent.networks import AgentAction, AgentObs
-from emrakul.controllers.base import Observation
 from emrakul.controllers.magistrate import ActionState, action_controller
 from emrakul.loop import RunState, make_train
 from emrakul.masks.structures import Units
@@ -105,18 +104,17 @@ class SurgeryEnv:
         """The agent's observation of the host in ``run`` (``val_accuracy``: its current
         validation accuracy), the same one a deployed policy gets from the training loop."""
         opt = run.opt_state
-        obs = Observation(
-            step=opt.step,
+        obs = wrap_mod.observation(
+            run.params,
+            vit.grad_mean(opt.vitals),
+            opt.life.state,
+            opt.vitals,
+            opt.knobs.target,
+            opt.step,
+            opt.key,
+            opt.health._replace(val_accuracy=val_accuracy),
             total_steps=self.num_steps * self.trainer.steps_per_interval,
-            params=run.params,
-            grads=vit.grad_mean(opt.vitals),
-            state=opt.life.state,
-            vitals=opt.vitals,
-            layer_size=self.layer_size,
-            target=opt.knobs.target,
-            key=opt.key,
-            activations=vit.activation_tree(run.params, self.trainer.activations(run)),
-            health=wrap_mod.health_vector(opt.health._replace(val_accuracy=val_accuracy)),
+            activations=self.trainer.activations(run),
         )
         return features.observe(obs, self.layout, self.r_max, self.l_max, self.drop_features)
 

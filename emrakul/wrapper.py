@@ -74,15 +74,13 @@ class Health(NamedTuple):
     Attributes:
       loss_fast: EMA (decay 0.9) of the ``value`` (loss) passed to ``update``.
       loss_slow: EMA (decay 0.99) of the same.
-      fast_debias, slow_debias: products of the decays applied so far (Adam-style bias
-        correction; 1 while no loss was passed).
+      count: int32, finite losses folded in so far (for Adam-style bias correction).
       val_accuracy: the last ``val_accuracy`` passed to ``update`` (0 if none).
     """
 
     loss_fast: jax.Array
     loss_slow: jax.Array
-    fast_debias: jax.Array
-    slow_debias: jax.Array
+    count: jax.Array
     val_accuracy: jax.Array
 
 
@@ -90,8 +88,8 @@ _FAST, _SLOW = 0.9, 0.99
 
 
 def _init_health() -> Health:
-    zero, one = jnp.float32(0.0), jnp.float32(1.0)
-    return Health(zero, zero, one, one, zero)
+    zero = jnp.float32(0.0)
+    return Health(zero, zero, jnp.int32(0), zero)
 
 
 def _track(health: Health, value, val_accuracy) -> Health:
@@ -104,8 +102,7 @@ def _track(health: Health, value, val_accuracy) -> Health:
         health = health._replace(
             loss_fast=jnp.where(ok, _FAST * health.loss_fast + (1 - _FAST) * v, health.loss_fast),
             loss_slow=jnp.where(ok, _SLOW * health.loss_slow + (1 - _SLOW) * v, health.loss_slow),
-            fast_debias=jnp.where(ok, health.fast_debias * _FAST, health.fast_debias),
-            slow_debias=jnp.where(ok, health.slow_debias * _SLOW, health.slow_debias),
+            count=health.count + ok.astype(jnp.int32),
         )
     if val_accuracy is not None:
         health = health._replace(val_accuracy=jnp.asarray(val_accuracy, jnp.float32).reshape(()))
@@ -115,10 +112,62 @@ def _track(health: Health, value, val_accuracy) -> Health:
 def health_vector(health: Health) -> jax.Array:
     """``[loss, relative slope, validation accuracy]`` (float32 [3]) from :class:`Health`;
     the loss is the bias-corrected fast EMA, the slope ``(fast - slow) / slow``."""
-    fast = jnp.where(health.fast_debias < 1, health.loss_fast / (1 - health.fast_debias), 0.0)
-    slow = jnp.where(health.slow_debias < 1, health.loss_slow / (1 - health.slow_debias), 0.0)
+    n = health.count.astype(jnp.float32)
+    seen = health.count > 0
+    fast = jnp.where(seen, health.loss_fast / (1 - _FAST**n), 0.0)
+    slow = jnp.where(seen, health.loss_slow / (1 - _SLOW**n), 0.0)
     slope = (fast - slow) / (jnp.abs(slow) + 1e-8)
     return jnp.stack([fast, slope, health.val_accuracy]).astype(jnp.float32)
+
+
+def observation(
+    params: PyTree,
+    grads: PyTree,
+    life_state: PyTree,
+    vitals: Any,
+    target: jax.Array,
+    step: jax.Array,
+    key: jax.Array,
+    health: Health,
+    *,
+    total_steps: int,
+    activations: Any = None,
+    filter: Filter | None = None,
+) -> Observation:
+    """The :class:`~emrakul.controllers.base.Observation` a controller sees at a surgery.
+
+    The wrapper builds every observation with it, and so does :class:`emrakul.env.SurgeryEnv`,
+    so that a policy sees the same thing in training and when deployed.
+
+    Args:
+      params, grads: the dense weights and the gradient of the last step.
+      life_state: the lifecycle state tree.
+      vitals: the vital signs (or ``None``).
+      target: the per-layer target sparsity.
+      step: the host step.
+      key: this decision's PRNG key.
+      health: the :class:`Health` tracker.
+      total_steps: host steps of the whole run.
+      activations: ``None``, the dict of :func:`emrakul.vitals.activation_stats`, or a tree
+        from :func:`emrakul.vitals.activation_tree`.
+      filter: the pruning filter (to map a dict of activation statistics onto kernels).
+    """
+    sizes = tuple(int(np.size(s)) for s in jax.tree.leaves(life_state) if jnp.ndim(s) > 0)
+    if isinstance(activations, dict):
+        activations = vit.activation_tree(params, activations, filter)
+    return Observation(
+        step=step,
+        total_steps=int(total_steps),
+        params=params,
+        grads=grads,
+        state=life_state,
+        vitals=vitals,
+        layer_size=sizes,
+        target=target,
+        key=key,
+        activations=activations,
+        health=health_vector(health),
+    )
 
 
 class EmrakulState(NamedTuple):
@@ -314,16 +363,17 @@ def wrap(
         step = jnp.int32(0)
         vitals = vit.init(params) if controller.needs_vitals else None
         health = _init_health()
-        obs = _observation(
+        obs = observation(
             params,
             jax.tree.map(jnp.zeros_like, params),
-            life,
+            life.state,
             vitals,
-            knobs,
+            knobs.target,
             step,
             jax.random.fold_in(key, 1),
             health,
-            None,
+            total_steps=total_steps,
+            filter=filter,
         )
         ctrl = controller.init(params, obs, jax.random.fold_in(key, 2))
         gate = None
@@ -345,31 +395,22 @@ def wrap(
             health=health,
         )
 
-    def _observation(params, grads, life, vitals, knobs, step, key, health, act) -> Observation:
-        sizes = tuple(int(np.size(s)) for s in jax.tree.leaves(life.state) if jnp.ndim(s) > 0)
-        if isinstance(act, dict):
-            act = vit.activation_tree(params, act, filter)
-        return Observation(
-            step=step,
-            total_steps=int(total_steps),
-            params=params,
-            grads=grads,
-            state=life.state,
-            vitals=vitals,
-            layer_size=sizes,
-            target=knobs.target,
-            key=key,
-            activations=act,
-            health=health_vector(health),
-        )
-
     def _surgery(state: EmrakulState, params: PyTree, grads: PyTree, act=None):
         structures = _structures(params, state.life.state, structure)
         key = jax.random.fold_in(state.key, 2 * state.step + 1)
-        obs = _observation(
-            params, grads, state.life, state.vitals, state.knobs, state.step, key, state.health,
-            act,
-        )  # fmt: skip
+        obs = observation(
+            params,
+            grads,
+            state.life.state,
+            state.vitals,
+            state.knobs.target,
+            state.step,
+            key,
+            state.health,
+            total_steps=total_steps,
+            activations=act,
+            filter=filter,
+        )
         decision, ctrl = controller.decide(obs, state.controller)
         res = operate(
             state.life,

@@ -46,53 +46,40 @@ def controllers_of(config) -> list[str]:
 
 
 def _main_rl(config, workdir: str) -> None:
-    """The RL branch: a DQN host per controller, seeds vmapped, a chunked compiled program."""
+    """The RL branch: a DQN host per controller, seeds vmapped, driven in checkpointed chunks by
+    the MinAtar sweep's :func:`~experiments.minatar_sweep.run_cell` (so it resumes too)."""
     import json
-    import time
 
-    import jax
     import numpy as np
 
     from emrakul import stats
     from emrakul.hosts import dqn
+    from experiments import minatar_sweep as sweep
 
     base = dqn.DQNConfig(**dict(config.rl))
     names = controllers_of(config)
-    keys = jax.random.split(jax.random.PRNGKey(int(config.seed_offset)), int(config.seeds))
+    seeds = [int(config.seed_offset) + i for i in range(int(config.seeds))]
     rows, table = [], []
     curves = {}
     for name in names:
         host = dqn.make_dqn(base, name)
-        state = jax.jit(jax.vmap(host.init))(keys)
-        # the largest chunk <= config.chunk that divides the run: one compiled program
-        chunk = max(c for c in range(1, int(config.chunk) + 1) if host.num_intervals % c == 0)
-        run = jax.jit(jax.vmap(lambda s, n=chunk, h=host: h.run(s, n)))
-        done, parts, start = 0, [], time.time()
-        while done < host.num_intervals:
-            state, m = run(state)
-            m = jax.tree.map(np.asarray, m)
-            parts.append(m)
-            done += m.env_steps.shape[1]
-            ret = np.sum(m.return_sum) / max(np.sum(m.episodes), 1)
-            print(
-                f"{name:>10s}  interval {done:3d}/{host.num_intervals}  env steps "
-                f"{int(m.env_steps[0, -1]):7d}  return {ret:7.1f}  sparsity "
-                f"{abs(float(m.sparsity[0, -1])):.3f}  ({time.time() - start:.0f}s)",
-                flush=True,
-            )
-        m = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
-        late = max(1, round(0.2 * m.env_steps.shape[1]))
-        finals = np.sum(m.return_sum[:, -late:], 1) / np.maximum(
-            np.sum(m.episodes[:, -late:], 1), 1
+        cell = sweep.run_cell(
+            host,
+            seeds,
+            checkpoint_dir=os.path.join(workdir, "checkpoints", name),
+            chunk=int(config.chunk),
+            label=name,
         )
-        for i in range(finals.shape[0]):
+        m = cell.metrics
+        finals = sweep.final_return(m.return_sum, m.episodes, 0.2)
+        for i, seed in enumerate(seeds):
             for j in range(m.env_steps.shape[1]):
-                rows.append({"controller": name, "seed": int(config.seed_offset) + i,
+                rows.append({"controller": name, "seed": seed,
                              "interval": j, "env_steps": int(m.env_steps[i, j]),
                              "mean_return": float(m.mean_return[i, j]),
                              "sparsity": float(m.sparsity[i, j])})  # fmt: skip
         mean, ci = stats.mean_ci(finals)
-        table.append((name, mean, ci, abs(float(np.mean(m.sparsity[:, -1]))), time.time() - start))
+        table.append((name, mean, ci, abs(float(np.mean(m.sparsity[:, -1]))), cell.seconds))
         curves[name] = (m.env_steps[0], m.return_sum, m.episodes)
     with open(os.path.join(workdir, "rl_metrics.jsonl"), "w") as f:
         for r in rows:

@@ -36,8 +36,9 @@ import rlax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
+from emrakul.agent import ppo
 from emrakul.hosts.dqn import step_envs
-from emrakul.hosts.rl_nets import POOLINGS, Conv2D
+from emrakul.hosts.rl_nets import POOLINGS, minatar_torso
 
 _SMALL = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
 
@@ -102,9 +103,7 @@ class MinAtarActorCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = nn.relu(Conv2D(16 * self.width, 3, padding="VALID")(obs.astype(jnp.float32)))
-        x = jnp.mean(x, axis=(-3, -2)) if self.pooling == "gap" else x.reshape(*x.shape[:-3], -1)
-        x = nn.relu(nn.Dense(128 * self.width)(x))
+        x = minatar_torso(obs, self.width, self.pooling, type(self).__name__)
         logits = nn.Dense(self.num_actions, kernel_init=_SMALL, name="policy")(x)
         value = nn.Dense(1, name="value")(x)
         return logits, value[..., 0]
@@ -201,17 +200,15 @@ def advantages(
     gamma: float,
     gae_lambda: float,
 ) -> jax.Array:
-    """GAE advantages (Schulman et al. 2016) of a ``[time, envs]`` rollout, via rlax.
+    """GAE advantages (Schulman et al. 2016) of a ``[time, envs]`` rollout
+    (:func:`emrakul.agent.ppo.gae`, on rlax).
 
     ``done[t]`` ends the episode after step ``t`` (no bootstrapping across it; gymnax resets
     automatically, so truncation is treated as termination, as in PureJaxRL); ``last_value`` is
     the value of the observation after the last step.
     """
-    values = jnp.concatenate([value, last_value[None]], axis=0)
     discount = gamma * (1.0 - done.astype(jnp.float32))
-    return jax.vmap(
-        rlax.truncated_generalized_advantage_estimation, in_axes=(1, 1, None, 1), out_axes=1
-    )(reward, discount, gae_lambda, values)
+    return ppo.gae(reward, value, discount, gae_lambda, bootstrap_value=last_value)[0]
 
 
 def make_network(config: PPOHostConfig, num_actions: int) -> nn.Module:

@@ -124,16 +124,29 @@ class MinAtarQNetwork(nn.Module):
     def __call__(self, obs: jax.Array) -> jax.Array:
         """Maps ``[..., H, W, C]`` observations to ``[..., num_actions]`` Q-values."""
         num_actions = _positive_int("num_actions", self.num_actions)
-        width = _positive_int("width", self.width)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got pooling={self.pooling!r}")
-        if obs.ndim < 3:
-            raise ValueError(f"MinAtarQNetwork expects [..., H, W, C], got shape {obs.shape}")
-        x = nn.relu(Conv2D(16 * width, 3, padding="VALID")(obs.astype(jnp.float32)))
-        gap = self.pooling == "gap"
-        x = jnp.mean(x, axis=(-3, -2)) if gap else x.reshape(*x.shape[:-3], -1)
-        x = nn.relu(nn.Dense(128 * width)(x))
+        x = minatar_torso(obs, self.width, self.pooling, type(self).__name__)
         return nn.Dense(num_actions)(x)
+
+
+def minatar_torso(obs: jax.Array, width: int, pooling: str, name: str = "network") -> jax.Array:
+    """MinAtar's torso: ``Conv2D_0`` (16w channels, 3x3, 'VALID') -> ReLU -> flatten or global
+    average pooling -> ``Dense_0`` (128w) -> ReLU.
+
+    Call it inside a compact ``__call__``: the layers become submodules of the calling module
+    (so every MinAtar network names them ``Conv2D_0`` and ``Dense_0``).
+
+    Raises:
+      ValueError: a bad ``width`` / ``pooling`` or an observation that is not ``[..., H, W, C]``
+        (``name`` says which network).
+    """
+    width = _positive_int("width", width)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got pooling={pooling!r}")
+    if obs.ndim < 3:
+        raise ValueError(f"{name} expects [..., H, W, C], got shape {obs.shape}")
+    x = nn.relu(Conv2D(16 * width, 3, padding="VALID")(obs.astype(jnp.float32)))
+    x = jnp.mean(x, axis=(-3, -2)) if pooling == "gap" else x.reshape(*x.shape[:-3], -1)
+    return nn.relu(nn.Dense(128 * width)(x))
 
 
 class MLPQNetwork(nn.Module):
