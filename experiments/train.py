@@ -12,7 +12,7 @@ With an RL config (one that has an ``rl`` field, e.g. ``experiments/configs/cart
 it trains a DQN host (:mod:`emrakul.hosts.dqn`) per controller instead, seeds vmapped, and
 writes ``rl_metrics.jsonl`` (one row per controller, seed and surgery interval), ``summary.md``
 (return of the episodes of the last 20% of training, mean and 95% CI; final sparsity) and
-``returns.png``.
+``returns.png``; it checkpoints each controller's run under ``checkpoints/`` and resumes.
 """
 
 from __future__ import annotations
