@@ -1,6 +1,6 @@
 """Real savings of a pruned MLP: compacted vs masked-dense inference, and sparse checkpoint sizes.
 
-Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30]``
+Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--serve 64]``
 
 1. Inference. An MLP ``784-1024-1024-10`` (1.86 M weights, 7.5 MB float32: large enough that
    the matmuls dominate a jitted forward pass at batch 256) with whole hidden units dead
@@ -11,7 +11,10 @@ Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30]``
    the jitted forward, as during training), and the model compacted by
    :func:`emrakul.export.compact` (``hosts.MLP`` with the surviving widths). Speed-ups are
    against the pre-masked dense model, the stronger baseline. Goal: at least 1.7x at 50% and 3x
-   at 75% (the FLOPs shrink by 2.8x and 6.9x).
+   at 75% (the FLOPs shrink by 2.8x and 6.9x). Batch 1 is timed twice: one request per jitted
+   call from Python (per-call dispatch, ~0.1 ms, included), and ``--serve R`` requests of batch
+   1 answered one after another inside one jitted call (``lax.map``; the row's times are per
+   request), which measures the model rather than the dispatcher.
 2. Checkpoint size on disk (sum of file sizes) of a ``784-512-512-10`` MLP with random weights:
    the dense params (orbax ``StandardCheckpointer``), :func:`emrakul.export.save` at 95%
    unstructured sparsity and with 2:4 masks (groups along the input axis), and, for reference,
@@ -49,7 +52,18 @@ def unit_masks(params: dict, sparsity: float, rng: np.random.Generator) -> dict:
     return out
 
 
-def time_inference(widths: tuple[int, ...], sparsities: list[float], batches: list[int], rounds):
+def _served(apply_fn):
+    """``apply_fn`` run on one request at a time, ``R`` requests in one jitted call."""
+
+    def serve(variables, xs):
+        return jax.lax.map(lambda x: apply_fn(variables, x[None])[0], xs)
+
+    return jax.jit(serve)
+
+
+def time_inference(
+    widths: tuple[int, ...], sparsities: list[float], batches: list[int], rounds, serve: int
+):
     model = hosts.MLP(features=widths, num_classes=10)
     rng = np.random.default_rng(0)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
@@ -58,6 +72,12 @@ def time_inference(widths: tuple[int, ...], sparsities: list[float], batches: li
     )
     apply = jax.jit(model.apply)
     apply_masked = jax.jit(lambda p, m, x: model.apply({"params": msk.apply(p, m)}, x))
+    serve_dense = _served(model.apply)
+    serve_masked = jax.jit(
+        lambda p, m, xs: jax.lax.map(
+            lambda x: model.apply({"params": msk.apply(p, m)}, x[None])[0], xs
+        )
+    )
     rows = []
     for s in sparsities:
         masks = unit_masks(params, s, rng)
@@ -65,25 +85,29 @@ def time_inference(widths: tuple[int, ...], sparsities: list[float], batches: li
         c = export.compact(params, masks)
         small = export.compact_model(model, c)
         apply_small = jax.jit(small.apply)
-        for batch in batches:
+        cases = [(b, apply, apply_masked, apply_small, 1) for b in batches]
+        if serve:  # batch-1 requests served in one compiled program: no per-call dispatch
+            cases.append((serve, serve_dense, serve_masked, _served(small.apply), serve))
+        for batch, f_dense, f_masked, f_small, per_call in cases:
             x = jnp.asarray(rng.normal(size=(batch, 784)), jnp.float32)
-            want = apply({"params": pre}, x)
-            got = apply_small({"params": c.params}, x)
+            want = f_dense({"params": pre}, x)
+            got = f_small({"params": c.params}, x)
             err = float(jnp.max(jnp.abs(want - got)))
             assert err < 1e-3, err
             med = interleaved_medians(
                 {
-                    "dense": lambda x=x, pre=pre: apply({"params": pre}, x),
-                    "on_the_fly": lambda x=x, m=masks: apply_masked(params, m, x),
-                    "compact": lambda x=x, c=c, f=apply_small: f({"params": c.params}, x),
+                    "dense": lambda x=x, pre=pre, f=f_dense: f({"params": pre}, x),
+                    "on_the_fly": lambda x=x, m=masks, f=f_masked: f(params, m, x),
+                    "compact": lambda x=x, c=c, f=f_small: f({"params": c.params}, x),
                 },
                 rounds=rounds,
                 warmup=2,
             )
+            med = {k: v / per_call for k, v in med.items()}  # seconds per request
             rows.append(
                 [
                     f"{s:.0%}",
-                    batch,
+                    batch if per_call == 1 else f"1 ({per_call} per call, scan)",
                     "-".join(str(w) for w in (784, *c.widths, 10)),
                     f"{med['dense'] * 1e3:.3f}",
                     f"{med['on_the_fly'] * 1e3:.3f}",
@@ -93,7 +117,7 @@ def time_inference(widths: tuple[int, ...], sparsities: list[float], batches: li
                     f"{err:.1e}",
                 ]
             )
-            print(f"unit sparsity {s:.0%}, batch {batch} done", flush=True)
+            print(f"unit sparsity {s:.0%}, batch {rows[-1][1]} done", flush=True)
     header = [
         "unit sparsity",
         "batch",
@@ -162,6 +186,12 @@ def main() -> None:
     parser.add_argument("--widths", default="1024,1024", help="hidden widths of the timed MLP")
     parser.add_argument("--sparsities", default="0.5,0.75", help="unit sparsities")
     parser.add_argument("--batches", default="256,1")
+    parser.add_argument(
+        "--serve",
+        type=int,
+        default=64,
+        help="also time batch-1 requests served this many per jitted call (lax.map); 0: off",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
@@ -172,6 +202,7 @@ def main() -> None:
             [float(s) for s in args.sparsities.split(",")],
             [int(b) for b in args.batches.split(",")],
             args.rounds,
+            args.serve,
         )
     checkpoint_sizes()
 

@@ -8,6 +8,10 @@ cells already there are skipped, so an interrupted sweep resumes where it stoppe
 interrupted midway also resumes from its orbax checkpoint). At the end it writes
 ``results.md`` (mean ± 95% CI of test accuracy and the final sparsity per cell) and
 ``accuracy_vs_sparsity.png``.
+
+``--shard`` splits each cell's seeds over all devices (the seed count must be a multiple of the
+device count); the multi-host flags of :mod:`experiments.scale_flags` run one sweep over
+several processes, of which only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ml_collections import config_flags
 from emrakul.config import validate
 from emrakul.runner import run_controller
 from emrakul.stats import mean_ci
+from experiments.scale_flags import SHARD, start
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"), "Base config."
@@ -90,6 +95,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv) -> None:
     del argv
+    writer = start()  # joins a multi-host runtime when asked; only process 0 writes files
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     base = _CONFIG.value
     workdir = _WORKDIR.value
@@ -109,7 +115,9 @@ def main(argv) -> None:
             validate(config, [name])
             cell = os.path.join(workdir, "cells", f"{name}_{sp:g}")
             r = run_controller(config, name, seeds=_SEEDS.value, workdir=cell,
-                               chunk=int(config.run.chunk))  # fmt: skip
+                               chunk=int(config.run.chunk), shard=SHARD.value)  # fmt: skip
+            if not writer:
+                continue
             new = not os.path.exists(path)
             with open(path, "a", newline="") as f:
                 w = csv.DictWriter(f, FIELDS)
@@ -124,6 +132,8 @@ def main(argv) -> None:
                         "flip_flops": int(r.metrics.reversals[s, -1].sum()),
                         "seconds": r.seconds,
                     })  # fmt: skip
+    if not writer:
+        return
     rows = read_rows(path)
     md = table(rows)
     with open(os.path.join(workdir, "results.md"), "w") as f:

@@ -24,17 +24,13 @@ from ml_collections import config_flags
 
 from emrakul.config import validate
 from emrakul.runner import run_controller
-from emrakul.sharding import initialize_distributed
 from experiments import report
+from experiments.scale_flags import SHARD, start
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"), "Experiment config."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_SHARD = flags.DEFINE_bool("shard", False, "Split the seeds over all devices (1-D mesh).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of rank 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def controllers_of(config) -> list[str]:
@@ -114,12 +110,11 @@ def _main_rl(config, workdir: str) -> None:
 
 def main(argv) -> None:
     del argv
-    if any(f.present for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
-        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    writer = start()  # joins a multi-host runtime when asked; only process 0 writes reports
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     if "rl" in config:
-        if _SHARD.value:
+        if SHARD.value:
             raise app.UsageError("--shard applies to the classifier job, not the RL branch")
         os.makedirs(_WORKDIR.value, exist_ok=True)
         _main_rl(config, _WORKDIR.value)
@@ -128,9 +123,6 @@ def main(argv) -> None:
     validate(config, names)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    import jax
-
-    writer = jax.process_index() == 0  # with several processes, only the first writes reports
     if writer:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -144,7 +136,7 @@ def main(argv) -> None:
                 seed_offset=int(config.seed_offset),
                 workdir=workdir if config.run.checkpoint else None,
                 chunk=int(config.run.chunk),
-                shard=_SHARD.value,
+                shard=SHARD.value,
             )
         )
     if not writer:

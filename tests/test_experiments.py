@@ -1,5 +1,6 @@
 """Smoke tests of the absl entry points (tiny configs, real subprocesses)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -24,14 +25,14 @@ def read_lines(path):
         return f.read().strip().splitlines()
 
 
-def run(module, *args):
+def run(module, *args, env=None):
     out = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -73,6 +74,35 @@ def test_sweep_skips_finished_cells(tmp_path):
     assert "skip gmp @ 0.8" in again.stdout
     assert read_lines(os.path.join(work, "results.csv")) == lines
     assert os.path.exists(os.path.join(work, "accuracy_vs_sparsity.png"))
+
+
+def test_sweep_shards_seeds_over_devices(tmp_path):
+    """``--shard`` over 2 forced CPU devices: each device runs the 1-seed program, so seed 0
+    equals an unsharded 1-seed sweep bit for bit (see tests/test_sharding.py for why 1 vs 2
+    seeds in one program may differ in the last bits)."""
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    common = ["--controllers=gmp", "--sparsities=0.8", *TINY]
+    sharded = str(tmp_path / "sharded")
+    out = run("experiments.sweep", f"--workdir={sharded}", "--seeds=2", "--shard", *common, env=two)
+    assert "| gmp | 0.8 | 2 |" in out.stdout
+    alone = str(tmp_path / "alone")
+    run("experiments.sweep", f"--workdir={alone}", "--seeds=1", *common)
+
+    def rows(work):
+        with open(os.path.join(work, "results.csv")) as f:
+            return list(csv.DictReader(f))
+
+    got, want = rows(sharded), rows(alone)
+    assert [r["seed"] for r in got] == ["0", "1"]
+    assert got[0]["test_accuracy"] == want[0]["test_accuracy"]
+    assert got[0]["final_sparsity"] == want[0]["final_sparsity"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path / 'bad'}", "--seeds=3",
+         "--shard", *common],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **two},
+    )  # fmt: skip
+    assert bad.returncode != 0 and "cannot shard 3 seeds over 2 devices" in bad.stderr
 
 
 def test_train_runs_a_pruned_cartpole_dqn(tmp_path):
