@@ -893,6 +893,26 @@ def summary_markdown(rows: Sequence[dict], games: Sequence[str] | None = None) -
     return "\n".join(lines) + "\n", out
 
 
+def curve_stats(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Env steps, mean over seeds and 95% CI half-width of the per-interval mean return.
+
+    Seeds without a finished episode in an interval (``None``) are left out of that interval's
+    mean; intervals where no seed finished one are dropped, so that games with episodes longer
+    than an interval (Freeway: 2500 steps) still draw a connected line.
+    """
+    length = min(len(r["curve"]["env_steps"]) for r in rows)
+    x = np.asarray(rows[0]["curve"]["env_steps"][:length])
+    y = np.asarray(
+        [[np.nan if v is None else v for v in r["curve"]["mean_return"][:length]] for r in rows],
+        np.float64,
+    ).reshape(len(rows), length)
+    keep = np.isfinite(y).any(axis=0)
+    stats = [mean_ci(col[np.isfinite(col)]) for col in y[:, keep].T]
+    mean = np.asarray([s[0] for s in stats], np.float64)
+    ci = np.nan_to_num(np.asarray([s[1] for s in stats], np.float64))
+    return x[keep], mean, ci
+
+
 def plot_curves(rows: Sequence[dict], game: str, path: str) -> None:
     """Mean return against environment steps per arm × width × sparsity, a 95% CI band."""
     import matplotlib
@@ -909,16 +929,7 @@ def plot_curves(rows: Sequence[dict], game: str, path: str) -> None:
     widths = sorted({k[1] for k in groups})
     colours: dict[tuple, Any] = {}
     for key in sorted(groups, key=lambda k: (k[0].removesuffix(GAP) != "dense", k)):
-        rs = groups[key]
-        length = min(len(r["curve"]["env_steps"]) for r in rs)
-        x = np.asarray(rs[0]["curve"]["env_steps"][:length])
-        y = np.asarray(
-            [[np.nan if v is None else v for v in r["curve"]["mean_return"][:length]] for r in rs],
-            np.float64,
-        )
-        stats = [mean_ci(col[np.isfinite(col)]) for col in y.T]
-        mean = np.asarray([s[0] for s in stats])
-        ci = np.nan_to_num(np.asarray([s[1] for s in stats]))
+        x, mean, ci = curve_stats(groups[key])
         colour_key = (key[0], key[2])
         line = ax.plot(
             x,

@@ -225,3 +225,17 @@ def test_plan_cells_and_chunks():
     minatar_plan = ms.make_plan(tiny_config(games="Breakout-MinAtar", arms="gmp_gap"))
     assert ms.cell_config(minatar_plan, minatar_plan.cells[0]).pooling == "gap"
     assert ms.chunk_size(124, 10) == 10 and ms.chunk_size(49, 10) == 7 and ms.chunk_size(8, 20) == 8
+
+
+def test_curve_stats_drop_intervals_without_episodes():
+    """Freeway's episodes outlast a surgery interval: intervals where no seed finished one are
+    dropped (a line with a NaN every other point draws nothing), partial ones use the seeds
+    that did."""
+    rows = [
+        {"curve": {"env_steps": [10, 20, 30, 40], "mean_return": [None, 1.0, None, 3.0]}},
+        {"curve": {"env_steps": [10, 20, 30, 40], "mean_return": [None, 2.0, 4.0, 5.0]}},
+    ]
+    x, mean, ci = ms.curve_stats(rows)
+    np.testing.assert_array_equal(x, [20, 30, 40])
+    np.testing.assert_allclose(mean, [1.5, 4.0, 4.0])
+    assert np.isfinite(ci[0]) and ci[0] > 0 and ci[1] == 0.0  # one seed: no interval, drawn as 0
