@@ -53,10 +53,11 @@ def unit_masks(params: dict, sparsity: float, rng: np.random.Generator) -> dict:
 
 
 def _served(apply_fn):
-    """``apply_fn`` run on one request at a time, ``R`` requests in one jitted call."""
+    """``apply_fn(*args, x)`` run on one request at a time, ``R`` requests in one jitted call."""
 
-    def serve(variables, xs):
-        return jax.lax.map(lambda x: apply_fn(variables, x[None])[0], xs)
+    def serve(*args):
+        *head, xs = args
+        return jax.lax.map(lambda x: apply_fn(*head, x[None])[0], xs)
 
     return jax.jit(serve)
 
@@ -71,13 +72,9 @@ def time_inference(
         lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype), params
     )
     apply = jax.jit(model.apply)
-    apply_masked = jax.jit(lambda p, m, x: model.apply({"params": msk.apply(p, m)}, x))
-    serve_dense = _served(model.apply)
-    serve_masked = jax.jit(
-        lambda p, m, xs: jax.lax.map(
-            lambda x: model.apply({"params": msk.apply(p, m)}, x[None])[0], xs
-        )
-    )
+    masked = lambda p, m, x: model.apply({"params": msk.apply(p, m)}, x)
+    apply_masked = jax.jit(masked)
+    serve_dense, serve_masked = _served(model.apply), _served(masked)
     rows = []
     for s in sparsities:
         masks = unit_masks(params, s, rng)

@@ -61,6 +61,34 @@ def forced_env(devices: int) -> dict[str, str]:
     }
 
 
+def tiny_config():
+    """The default config shrunk as ``TINY`` shrinks it on the command line."""
+    from experiments.configs.default import get_config
+
+    config = get_config()
+    config.host.width = (32,)
+    config.data.num_samples = 600
+    config.train.steps = 200
+    config.prune.every = 20
+    config.prune.sparsity = 0.8
+    config.run.chunk = 5
+    return config
+
+
+def run_forced(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root with 8 forced CPU devices; must succeed."""
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=forced_env(8),
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # In-process tests (the pytest process has however many devices it has; usually one CPU).
 
@@ -108,15 +136,7 @@ def test_initialize_distributed_validates_before_calling_jax():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     work = tmp_path_factory.mktemp("sharded")
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), str(work)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=forced_env(8),
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_forced([os.path.abspath(__file__), str(work)], timeout=900)
     with open(work / "report.json") as f:
         return json.load(f)
 
@@ -187,16 +207,10 @@ def test_sharded_checkpoint_resumes_on_one_device(report, tmp_path):
     import shutil
 
     from emrakul.runner import run_controller
-    from experiments.configs.default import get_config
 
     work = str(tmp_path / "copy")
     shutil.copytree(os.path.join(report["workdir"], "sharded"), work)
-    config = get_config()
-    config.host.width = (32,)
-    config.data.num_samples = 600
-    config.train.steps = 200
-    config.prune.every = 20
-    config.prune.sparsity = 0.8
+    config = tiny_config()
     # the run is finished: this restores the last chunk's checkpoint and evaluates it
     r = run_controller(config, CONTROLLER, seeds=SEEDS, workdir=work, progress=False)
     assert r.resumed_from == 2
@@ -208,15 +222,7 @@ def test_sharded_checkpoint_resumes_on_one_device(report, tmp_path):
 
 def test_train_main_job_shards_end_to_end(report, tmp_path):
     work = str(tmp_path / "run")
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--workdir={work}", "--shard", *TINY],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=forced_env(8),
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_forced(["-m", "experiments.train", f"--workdir={work}", "--shard", *TINY], 600)
     assert f"| {CONTROLLER} | {SEEDS} |" in out.stdout
     with open(os.path.join(work, "summary.json")) as f:
         summary = json.load(f)[CONTROLLER]
@@ -294,16 +300,8 @@ def _child(work: str) -> None:
     from emrakul._tree import path_str
     from emrakul.checkpoint import Checkpointer
     from emrakul.loop import make_train
-    from experiments.configs.default import get_config
 
-    config = get_config()
-    config.host.width = (32,)
-    config.data.num_samples = 600
-    config.train.steps = 200
-    config.prune.every = 20
-    config.prune.sparsity = 0.8
-    config.run.chunk = 5
-
+    config = tiny_config()
     saved = {}  # the live carry run_controller checkpoints after each chunk, by directory
 
     class Spy(Checkpointer):
