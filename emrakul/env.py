@@ -173,9 +173,7 @@ class SurgeryEnv:
         return obs, next_state, total, done, info
 
 
-def population(
-    configs: Sequence[ml_collections.ConfigDict], **kwargs: Any
-) -> tuple[SurgeryEnv, ...]:
+def population(configs: Sequence[Any], **kwargs: Any) -> tuple[Any, ...]:
     """Host groups of different widths and depths that one policy can act on together.
 
     Every group gets the largest region count and layer count of the population as its padding
@@ -184,18 +182,41 @@ def population(
     loop runs the groups side by side in one compiled step).
 
     Args:
-      configs: one experiment config per group; they must give the same number of surgery
-        intervals (``train.steps // prune.every``), the episode length.
-      **kwargs: forwarded to :class:`SurgeryEnv` (``reward_config``, ``start``, ``end``,
-        ``drop_features``).
+      configs: one experiment config per group (classifier hosts, :class:`SurgeryEnv`), or one
+        :class:`emrakul.hosts.dqn.DQNConfig` per group (RL hosts,
+        :class:`emrakul.rl_env.DQNSurgeryEnv`); not a mixture. They must give the same number
+        of surgery intervals, the episode length.
+      **kwargs: forwarded to the environment (``reward_config``, ``drop_features``, and
+        ``start`` / ``end`` for classifier hosts or ``return_scale`` / ``probe_size`` for RL
+        hosts).
 
     Raises:
-      ValueError: no configs, different episode lengths, or an ``r_max`` / ``l_max`` keyword.
+      ValueError: no configs, a mixture of classifier and DQN configs, different episode
+        lengths, or an ``r_max`` / ``l_max`` keyword.
     """
     if not configs:
         raise ValueError("population needs at least one host config")
     if "r_max" in kwargs or "l_max" in kwargs:
         raise ValueError("population sets r_max and l_max itself")
+    from emrakul.hosts.dqn import DQNConfig
+
+    rl = [isinstance(c, DQNConfig) for c in configs]
+    if any(rl):
+        if not all(rl):
+            raise ValueError("population mixes DQN and classifier host configs")
+        from emrakul.hosts.dqn import count_intervals
+        from emrakul.rl_env import DQNSurgeryEnv, dqn_layout
+
+        lengths = {count_intervals(c) for c in configs}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"host groups must have the same episode length (surgery intervals), got "
+                f"{sorted(lengths)}"
+            )
+        layouts = [dqn_layout(c) for c in configs]
+        r_max = max(lay.num_regions for lay in layouts)
+        l_max = max(lay.num_layers for lay in layouts)
+        return tuple(DQNSurgeryEnv(c, r_max=r_max, l_max=l_max, **kwargs) for c in configs)
     lengths = {int(c.train.steps) // int(c.prune.every) for c in configs}
     if len(lengths) != 1:
         raise ValueError(

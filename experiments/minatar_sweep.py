@@ -61,6 +61,7 @@ from emrakul.hosts.rl_nets import POOLINGS
 from emrakul.stats import mean_ci, stratified_bootstrap_ci
 
 GAP = "_gap"  # arm suffix: the same controller on the global-average-pooling network
+MAGISTRATE_PREFIX = "magistrate_"  # arm magistrate_NAME: the policy named NAME
 BASELINE_ARM, BASELINE_WIDTH = "dense", 1  # the normalising baseline
 RESULTS = "results.jsonl"
 LOCKED_FIELDS = ("dqn", "pooling", "final_fraction")  # must not change within one DIR
@@ -81,8 +82,10 @@ class Cell(NamedTuple):
 
     @property
     def controller(self) -> str:
-        """The controller name (the arm without the ``_gap`` suffix)."""
-        return self.arm.removesuffix(GAP)
+        """The controller name (the arm without the ``_gap`` suffix; ``magistrate_NAME`` arms
+        are the ``magistrate`` controller with the policy named NAME)."""
+        base = self.arm.removesuffix(GAP)
+        return "magistrate" if base.startswith(MAGISTRATE_PREFIX) else base
 
     @property
     def name(self) -> str:
@@ -107,6 +110,11 @@ class Plan(NamedTuple):
     final_fraction: float
     policy: str
     drop_features: tuple[str, ...]
+    policies: dict[str, str] = {}  # noqa: RUF012  arm base name -> policy path
+
+    def policy_of(self, cell: Cell) -> str:
+        """The policy path a magistrate cell deploys."""
+        return self.policies.get(cell.arm.removesuffix(GAP), self.policy)
 
 
 def _split(config: ml_collections.ConfigDict, field: str) -> list[str]:
@@ -174,10 +182,32 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         if game not in gymnax.registered_envs:
             raise ValueError(f"config.games: {game!r} is not a gymnax environment")
     arms = _split(config, "arms")
-    for arm in arms:
-        if arm.removesuffix(GAP) not in ctl.NAMES:
+    policies = {}
+    for item in str(config.magistrate.get("policies", "") or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not name.isidentifier() or not path:
             raise ValueError(
-                f"config.arms: unknown arm {arm!r}; an arm is one of {ctl.NAMES}, optionally "
+                f"config.magistrate.policies: {item.strip()!r} is not NAME=PATH (NAME a word)"
+            )
+        if not os.path.isdir(path):
+            raise ValueError(
+                f"config.magistrate.policies: {path!r} is not a directory; pass "
+                "experiments.train_agent's WORKDIR/agent"
+            )
+        policies[MAGISTRATE_PREFIX + name] = path
+    for arm in arms:
+        base = arm.removesuffix(GAP)
+        if base.startswith(MAGISTRATE_PREFIX) and base not in policies:
+            raise ValueError(
+                f"config.arms: arm {arm!r} needs its policy: "
+                f"--config.magistrate.policies={base.removeprefix(MAGISTRATE_PREFIX)}=WORKDIR/agent"
+            )
+        if base not in ctl.NAMES and base not in policies:
+            raise ValueError(
+                f"config.arms: unknown arm {arm!r}; an arm is one of {ctl.NAMES} or "
+                f"{MAGISTRATE_PREFIX}NAME (a policy of magistrate.policies), optionally "
                 f"suffixed {GAP!r}"
             )
     widths = []
@@ -238,6 +268,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         float(fraction),
         policy,
         drop,
+        policies,
     )
     for cell in cells:
         try:
@@ -438,7 +469,8 @@ def run_cell(
             )
         table = carry.metrics
         for full, new in zip(table, metrics, strict=True):
-            full[:, done : done + size] = new
+            if full is not None:  # fields a program does not measure are None
+                full[:, done : done + size] = new
         done += size
         chunks += 1
         elapsed = time.time() - start
@@ -644,7 +676,7 @@ def run_sweep(
     check_locked(workdir, config)
     for message in plan.skipped:
         print(message, flush=True)
-    policy_params = None
+    policy_params: dict[str, Any] = {}
     statuses = []
     for cell in plan.cells:
         with cell_lock(workdir, cell.name) as mine:
@@ -670,10 +702,11 @@ def run_sweep(
             if cell.controller == "magistrate":
                 from emrakul.controllers.magistrate import deployed, load_policy
 
-                if policy_params is None:
-                    policy_params = load_policy(plan.policy)
+                path = plan.policy_of(cell)
+                if path not in policy_params:
+                    policy_params[path] = load_policy(path)
                 controller = deployed(
-                    policy_params,
+                    policy_params[path],
                     start=cfg.prune_start,
                     end=cfg.prune_end,
                     drop_features=plan.drop_features,

@@ -13,6 +13,12 @@ With ``--config.population="64,64;32,32,32;128"`` the population mixes host widt
 (one group per entry, ``--hosts`` seeds each; :func:`emrakul.env.population` pads them to one
 observation shape); the per-group final test accuracy is logged as ``test_accuracy/G``.
 
+With ``--config experiments/configs/agent_rl.py`` the hosts are RL agents instead: CartPole DQNs
+(:class:`emrakul.rl_env.DQNSurgeryEnv`; ``--config.population`` lists MLP widths), and the
+logged final score is the hosts' final training return (``final_return``; ``final_score`` is it
+divided by the game's return scale). Deploy such a policy in the MinAtar sweep as an extra arm:
+``--config.arms=magistrate_rl --config.magistrate.policies=rl=WORKDIR/agent``.
+
 Evaluate the frozen policy with ``python -m experiments.train --config
 experiments/configs/agent.py --config.compare=dense,gmp,rigl,magistrate
 --config.controllers.magistrate.policy=WORKDIR/agent --config.seed_offset=1000``.
@@ -31,6 +37,7 @@ from ml_collections import config_flags
 
 from emrakul.agent.train import PPOConfig, make_agent_train
 from emrakul.env import SurgeryEnv, population
+from emrakul.hosts.dqn import DQNConfig
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "agent.py"), "Host config."
@@ -52,7 +59,19 @@ def main(argv) -> None:
     config = _CONFIG.value
     drop = tuple(_DROP.value)
     groups = [g for g in str(config.get("population", "")).split(";") if g.strip()]
-    if groups:
+    if "rl" in config:  # RL hosts: DQNs
+        base = DQNConfig(**{**config.rl.to_dict(), "mlp_hidden": tuple(config.rl.mlp_hidden)})
+        widths = [tuple(int(w) for w in g.split(",") if w.strip()) for g in groups]
+        configs = [base._replace(mlp_hidden=w) for w in widths] or [base]
+        kwargs = {"drop_features": drop, "probe_size": int(config.probe_size)}
+        if config.return_scale:
+            kwargs["return_scale"] = float(config.return_scale)
+        envs = population(configs, **kwargs)
+        print(
+            f"RL hosts ({base.env_name} DQN): {len(envs)} groups x {_HOSTS.value} hosts, "
+            f"{envs[0].num_steps} decisions per episode, widths {[c.mlp_hidden for c in configs]}"
+        )
+    elif groups:
         configs = []
         for g in groups:
             c = config.copy_and_resolve_references()
@@ -72,10 +91,14 @@ def main(argv) -> None:
         state, m = update(state)
         row = {"iteration": i, **{k: float(v) for k, v in m.items()}}
         rows.append(row)
+        score = (
+            f"test acc {row['test_accuracy']:.4f}"
+            if "test_accuracy" in row
+            else f"host return {row['final_return']:.1f}"
+        )
         print(
-            f"iter {i:3d}  return {row['episode_return']:+.4f}  test acc "
-            f"{row['test_accuracy']:.4f}  sparsity {row['final_sparsity']:.4f}  "
-            f"kl {row['approx_kl']:.4f}  ({time.time() - start:.0f}s)",
+            f"iter {i:3d}  return {row['episode_return']:+.4f}  {score}  sparsity "
+            f"{row['final_sparsity']:.4f}  kl {row['approx_kl']:.4f}  ({time.time() - start:.0f}s)",
             flush=True,
         )
     with open(os.path.join(workdir, "agent_metrics.jsonl"), "w") as f:

@@ -239,3 +239,48 @@ def test_curve_stats_drop_intervals_without_episodes():
     np.testing.assert_array_equal(x, [20, 30, 40])
     np.testing.assert_allclose(mean, [1.5, 4.0, 4.0])
     assert np.isfinite(ci[0]) and ci[0] > 0 and ci[1] == 0.0  # one seed: no interval, drawn as 0
+
+
+def test_named_policies_add_magistrate_arms(tmp_path):
+    """``magistrate.policies`` NAME=PATH adds the arm magistrate_NAME, which deploys that policy;
+    a run of it lands in results.jsonl under its own arm, with the magistrate controller."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from emrakul.agent import networks as nw
+    from emrakul.rl_env import DQNSurgeryEnv
+
+    config = tiny_config(arms="magistrate_rl")
+    config.seeds = 1
+    with pytest.raises(ValueError, match="policies=rl=WORKDIR/agent"):
+        ms.make_plan(config)
+    config.magistrate.policies = "rl"
+    with pytest.raises(ValueError, match="not NAME=PATH"):
+        ms.make_plan(config)
+    config.magistrate.policies = "rl=/no/such/agent"
+    with pytest.raises(ValueError, match="not a directory"):
+        ms.make_plan(config)
+    # an exactly neutral policy (zero heads) saved as experiments.train_agent saves one
+    env = DQNSurgeryEnv(
+        ms.cell_config(ms.make_plan(tiny_config()), ms.Cell("CartPole-v1", "gmp", 0.9, 1))
+    )
+    obs, _ = env.reset(jax.random.PRNGKey(0))
+    params = nw.Agent(head_init_scale=0.0).init(jax.random.PRNGKey(1), obs)
+    path = str(tmp_path / "agent")
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(path, params)
+    ckpt.wait_until_finished()
+    config.magistrate.policies = f"rl={path}"
+    plan = ms.make_plan(config)
+    (cell,) = plan.cells
+    assert (cell.arm, cell.controller, plan.policy_of(cell)) == (
+        "magistrate_rl",
+        "magistrate",
+        path,
+    )
+    workdir = str(tmp_path / "sweep")
+    (status,) = ms.run_sweep(config, workdir, progress=False)
+    assert status.status == "done"
+    (row,) = ms.read_results(workdir)
+    assert (row["arm"], row["controller"]) == ("magistrate_rl", "magistrate")
+    assert np.isfinite(row["final_return"])

@@ -12,7 +12,6 @@ minibatch PPO-clip updates (Schulman et al. 2017) on the agent, all inside one c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -21,7 +20,9 @@ import optax
 
 from emrakul.agent import networks as nw
 from emrakul.agent import ppo
-from emrakul.env import SurgeryEnv
+
+#: ``info`` keys averaged over the episodes that ended in an iteration (those an env reports).
+FINAL_KEYS = ("test_accuracy", "final_score", "final_return")
 
 
 class PPOConfig(NamedTuple):
@@ -60,11 +61,11 @@ class Transition(NamedTuple):
 
 
 class Trainer(NamedTuple):
-    env: SurgeryEnv  # the first group's
+    env: Any  # the first group's (a SurgeryEnv or a DQNSurgeryEnv)
     agent: nw.Agent
     init: Any
     update: Any
-    envs: tuple[SurgeryEnv, ...] = ()
+    envs: tuple[Any, ...] = ()
 
 
 def _concat(*trees):
@@ -72,21 +73,28 @@ def _concat(*trees):
 
 
 def make_agent_train(
-    env: SurgeryEnv | Sequence[SurgeryEnv],
+    env: Any,
     cfg: PPOConfig = PPOConfig(),  # noqa: B008
 ) -> Trainer:
     """Builds ``init(key) -> AgentTrainState`` and ``update(state) -> (state, metrics)``.
 
     Args:
-      env: one environment, or several host groups (:func:`emrakul.env.population`: same
-        padded observation shape and episode length); each group runs ``cfg.num_hosts`` hosts.
+      env: one environment (a :class:`~emrakul.env.SurgeryEnv` or an RL-host
+        :class:`~emrakul.rl_env.DQNSurgeryEnv`), or several host groups
+        (:func:`emrakul.env.population`: same padded observation shape and episode length);
+        each group runs ``cfg.num_hosts`` hosts. Every update rolls exactly one episode, so a
+        group whose ``auto_reset`` is ``False`` is reset after the rollout instead of inside it.
       cfg: the PPO hyperparameters.
+
+    ``metrics``: PPO statistics, the mean reward and, over the episodes that ended, the mean
+    episode return, final sparsity and whichever of :data:`FINAL_KEYS` the environments report
+    (per group as ``KEY/G`` when there are several groups).
 
     Raises:
       ValueError: groups with different episode lengths or observation padding, or a
         minibatch count that does not divide the batch.
     """
-    envs = (env,) if isinstance(env, SurgeryEnv) else tuple(env)
+    envs = (env,) if hasattr(env, "step") else tuple(env)
     if not envs:
         raise ValueError("make_agent_train needs at least one environment")
     shapes = {(e.num_steps, e.r_max, e.l_max) for e in envs}
@@ -140,6 +148,19 @@ def make_agent_train(
         tr = Transition(obs, action, log_prob, value, reward, done)
         return (params, env_state, next_obs, key), (tr, info)
 
+    def reset_after(env_state, obs, key):
+        """Resets the groups that do not reset themselves (the episode just ended for all)."""
+        if all(getattr(e, "auto_reset", True) for e in envs):
+            return env_state, obs
+        states, obs_parts = list(env_state), []
+        for g, e in enumerate(envs):
+            part = jax.tree.map(lambda a, g=g: a[g * n : (g + 1) * n], obs)
+            if not getattr(e, "auto_reset", True):
+                keys = jax.random.split(jax.random.fold_in(key, g), n)
+                part, states[g] = jax.vmap(e.reset)(keys)
+            obs_parts.append(part)
+        return tuple(states), _concat(*obs_parts)
+
     def loss_fn(params, mb):
         policy, value = apply(params, mb["obs"])
         new_lp = jax.vmap(nw.log_prob)(policy, mb["obs"], mb["action"])
@@ -150,7 +171,8 @@ def make_agent_train(
     def update(state: AgentTrainState):
         carry = (state.params, state.env_state, state.obs, state.key)
         (params, env_state, obs, key), (traj, info) = jax.lax.scan(env_step, carry, None, num_steps)
-        last_value = apply(params, obs)[1]
+        env_state, obs = reset_after(env_state, obs, jax.random.fold_in(key, 0x7E5E7))
+        last_value = apply(params, obs)[1]  # multiplied by discount 0: the episode has ended
         values = jnp.concatenate([traj.value, last_value[None]], axis=0)
         discounts = cfg.gamma * (1.0 - traj.done.astype(jnp.float32))
         adv, ret = ppo.gae(traj.reward, values, discounts, cfg.gae_lambda)
@@ -181,14 +203,16 @@ def make_agent_train(
             epoch, (params, state.opt_state), jax.random.split(k_epochs, cfg.epochs)
         )
         done = traj.done
+
+        def at_end(x, d=done):  # mean over the episodes that ended
+            return jnp.sum(jnp.where(d, x, 0.0)) / jnp.maximum(d.sum(), 1)
+
+        finals = [k for k in FINAL_KEYS if k in info]
         metrics = {
             "mean_reward": traj.reward.mean(),
-            "episode_return": jnp.sum(jnp.where(done, info["episode_return"], 0.0))
-            / jnp.maximum(done.sum(), 1),
-            "test_accuracy": jnp.sum(jnp.where(done, info["test_accuracy"], 0.0))
-            / jnp.maximum(done.sum(), 1),
-            "final_sparsity": jnp.sum(jnp.where(done, info["sparsity"], 0.0))
-            / jnp.maximum(done.sum(), 1),
+            "episode_return": at_end(info["episode_return"]),
+            **{k: at_end(info[k]) for k in finals},
+            "final_sparsity": at_end(info["sparsity"]),
             "loss": m.loss.mean(),
             "approx_kl": m.approx_kl.mean(),
             "clip_fraction": m.clip_fraction.mean(),
@@ -196,11 +220,9 @@ def make_agent_train(
         }
         if len(envs) > 1:  # per host group: [T, groups * n] columns g * n ... (g + 1) * n
             for g in range(len(envs)):
-                d = done[:, g * n : (g + 1) * n]
-                acc = info["test_accuracy"][:, g * n : (g + 1) * n]
-                metrics[f"test_accuracy/{g}"] = jnp.sum(jnp.where(d, acc, 0.0)) / jnp.maximum(
-                    d.sum(), 1
-                )
+                cols = slice(g * n, (g + 1) * n)
+                for k in finals:
+                    metrics[f"{k}/{g}"] = at_end(info[k][:, cols], done[:, cols])
         return AgentTrainState(params, opt_state, env_state, obs, key), metrics
 
     return Trainer(envs[0], agent, init, update, envs)

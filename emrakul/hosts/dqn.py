@@ -165,6 +165,11 @@ class DQNMetrics(NamedTuple):
 
     ``mean_return`` is ``return_sum / episodes`` (NaN when no episode ended in the interval);
     to report a chunk of rows, divide the summed ``return_sum`` by the summed ``episodes``.
+
+    With ``make_dqn(..., probe_cut=P)``, ``cut_loss_before`` and ``cut_loss_after`` are the
+    :func:`probe <DQN>` loss of one batch of ``P`` replayed transitions with the masked online
+    weights right before and right after the interval's surgery update (the same batch, so
+    their difference is the damage of the cut plus one Adam step); ``None`` otherwise.
     """
 
     updates: jax.Array
@@ -175,6 +180,8 @@ class DQNMetrics(NamedTuple):
     mean_return: jax.Array
     epsilon: jax.Array
     sparsity: jax.Array
+    cut_loss_before: Any = None
+    cut_loss_after: Any = None
 
 
 class _Acc(NamedTuple):
@@ -183,10 +190,12 @@ class _Acc(NamedTuple):
     loss_sum: jax.Array
     return_sum: jax.Array
     episodes: jax.Array
+    cut: Any = None  # (probe loss before, after) the surgery, with ``probe_cut``
 
 
-def _zero_acc() -> _Acc:
-    return _Acc(jnp.float32(0.0), jnp.float32(0.0), jnp.int32(0))
+def _zero_acc(probe: bool = False) -> _Acc:
+    cut = (jnp.float32(0.0), jnp.float32(0.0)) if probe else None
+    return _Acc(jnp.float32(0.0), jnp.float32(0.0), jnp.int32(0), cut)
 
 
 class DQN(NamedTuple):
@@ -205,6 +214,7 @@ class DQN(NamedTuple):
     run: Any
     train: Any
     evaluate: Any
+    probe_loss: Any = None
 
 
 def td_loss(
@@ -326,7 +336,7 @@ def validate(config: DQNConfig) -> None:
     hidden = config.mlp_hidden
     if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"config.mlp_hidden must hold positive ints, got {hidden!r}")
-    if _num_intervals(config) < 1:
+    if count_intervals(config) < 1:
         raise ValueError(
             f"config.total_env_steps={config.total_env_steps} is less than the warm-up "
             f"({_warmup_steps(config)} environment steps) plus one surgery interval "
@@ -338,7 +348,8 @@ def _warmup_steps(config: DQNConfig) -> int:
     return -(-config.learning_starts // config.num_envs) * config.num_envs
 
 
-def _num_intervals(config: DQNConfig) -> int:
+def count_intervals(config: DQNConfig) -> int:
+    """Surgery intervals of a run of ``config`` (``prune_every`` updates each, after warm-up)."""
     per_interval = config.prune_every * config.train_every
     return (config.total_env_steps - _warmup_steps(config)) // per_interval
 
@@ -370,7 +381,9 @@ def step_envs(env, env_params, keys, env_state, action):
     return obs, env_state, reward.astype(jnp.float32), terminated, done, final_obs
 
 
-def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) -> DQN:
+def make_dqn(
+    config: DQNConfig, controller: str | ctl.Controller | None = None, *, probe_cut: int = 0
+) -> DQN:
     """Builds the DQN program for ``config`` (validated before anything is traced).
 
     Args:
@@ -378,6 +391,10 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
       controller: a controller name (default ``config.controller``; ``"gmp"`` is built with
         ``prune_start``/``prune_end``, the others with their defaults) or a
         :class:`~emrakul.controllers.Controller` object.
+      probe_cut: when positive, every surgery update also measures ``probe_loss`` on that many
+        replayed transitions before and after the cut (``DQNMetrics.cut_loss_before`` /
+        ``cut_loss_after``; used by :class:`emrakul.rl_env.DQNSurgeryEnv`). The probe uses a
+        key folded from the state's key, so the run itself is unchanged.
 
     Returns:
       A :class:`DQN`.
@@ -388,6 +405,9 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
     if isinstance(controller, str) or controller is None:
         config = config._replace(controller=controller or config.controller)
     validate(config)
+    if probe_cut < 0:
+        raise ValueError(f"probe_cut must be >= 0, got {probe_cut}")
+    probe = probe_cut > 0
     if isinstance(controller, ctl.Controller):
         controller_obj = controller
     elif config.controller == "gmp":
@@ -410,7 +430,7 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
     block = math.gcd(every, config.target_update_every)
     iters_per_block = block // updates_per_iter
     blocks_per_interval = every // block
-    num_intervals = _num_intervals(config)
+    num_intervals = count_intervals(config)
     total_updates = num_intervals * every
     warmup_vec_steps = _warmup_steps(config) // n
     tx = wrap_mod.wrap(
@@ -474,6 +494,16 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         discount = config.gamma * batch.discount
         return td_loss(q_tm1, batch.action, batch.reward, discount, q_t, config.huber_delta)
 
+    def probe_loss(weights, buffer: replay.ReplayState, key: jax.Array, size: int):
+        """The TD loss of ``weights`` on ``size`` transitions replayed with ``key``, with
+        ``weights`` as their own target network (what the loss is right after a target copy),
+        so that it depends on nothing but the weights and the batch."""
+        batch = replay.sample(buffer, key, size)
+        q_tm1 = q_values(weights, batch.obs)
+        q_t = q_values(weights, batch.next_obs)
+        discount = config.gamma * batch.discount
+        return td_loss(q_tm1, batch.action, batch.reward, discount, q_t, config.huber_delta)
+
     def update(carry, surgery: bool):
         state, acc = carry
         key, k_sample = jax.random.split(state.key)
@@ -484,8 +514,16 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         updates, opt_state = tx.update(
             grads, state.opt_state, state.params, surgery=surgery, value=loss
         )  # the loss feeds the wrapper's health EMAs (observed by the learned controller)
+        params = optax.apply_updates(state.params, updates)
+        if surgery and probe:  # a key folded off the stream: the run's own keys are unchanged
+            k_probe = jax.random.fold_in(state.key, 0x5CA1)
+            before = probe_loss(
+                wrap_mod.masked(state.params, state.opt_state), state.buffer, k_probe, probe_cut
+            )
+            after = probe_loss(wrap_mod.masked(params, opt_state), state.buffer, k_probe, probe_cut)
+            acc = acc._replace(cut=(before, after))
         state = state._replace(
-            params=optax.apply_updates(state.params, updates),
+            params=params,
             opt_state=opt_state,
             key=key,
             updates=state.updates + 1,
@@ -516,7 +554,7 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         return repeat(lambda c: iteration(c, False), carry, rest)
 
     def interval(state: DQNState, _) -> tuple[DQNState, DQNMetrics]:
-        carry = run_block((state, _zero_acc()), True)
+        carry = run_block((state, _zero_acc(probe)), True)
         state, acc = repeat(lambda c: run_block(c, False), carry, blocks_per_interval - 1)
         episodes = acc.episodes
         metrics = DQNMetrics(
@@ -528,6 +566,8 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
             mean_return=jnp.where(episodes > 0, acc.return_sum / jnp.maximum(episodes, 1), jnp.nan),
             epsilon=linear_epsilon(config, state.env_steps),
             sparsity=wrap_mod.sparsity(state.opt_state),
+            cut_loss_before=acc.cut[0] if probe else None,
+            cut_loss_after=acc.cut[1] if probe else None,
         )
         return state, metrics
 
@@ -614,6 +654,7 @@ def make_dqn(config: DQNConfig, controller: str | ctl.Controller | None = None) 
         run=run,
         train=train,
         evaluate=evaluate,
+        probe_loss=probe_loss,
     )
 
 

@@ -58,6 +58,9 @@ Every field, with its meaning:
 * ``magistrate.policy``: the trained agent the ``magistrate`` arm deploys
   (``experiments.train_agent``'s ``WORKDIR/agent``). Empty: the ``magistrate`` arm is skipped
   with a message naming ``--config.magistrate.policy``.
+* ``magistrate.policies``: further trained agents as comma-separated ``NAME=PATH`` pairs; each
+  enables the arm ``magistrate_NAME``, the same controller deploying the policy at PATH (e.g.
+  ``rl=/tmp/agent_rl/agent`` for a Magistrate trained on RL hosts, arm ``magistrate_rl``).
 * ``magistrate.drop_features``: comma-separated observation groups the policy was trained
   without (ablations).
 
@@ -104,5 +107,5 @@ def get_config() -> ml_collections.ConfigDict:
             "prune_every": 1000,
         }
     )
-    c.magistrate = ml_collections.ConfigDict({"policy": "", "drop_features": ""})
+    c.magistrate = ml_collections.ConfigDict({"policy": "", "policies": "", "drop_features": ""})
     return c
