@@ -6,8 +6,11 @@ Every iteration rolls the vmapped host population through one whole training run
 every surgery interval is one decision), then updates the agent with PPO. Writes
 ``agent_metrics.jsonl`` (one row per iteration: mean episode return, final test accuracy and
 sparsity of the population, PPO statistics), ``episode_return.png``, and the agent's parameters
-as an orbax checkpoint under ``agent/``. The host population uses the experiment config's host,
-data, training and pruning fields (override with ``--config.FIELD=VALUE``).
+as an orbax checkpoint under ``agent/``. The whole training state (agent, optimizer, host
+population, RNG) is checkpointed under ``state/`` every ``--checkpoint_every`` iterations, and a
+re-run with the same workdir resumes from it (``--noresume`` starts afresh). The host
+population uses the experiment config's host, data, training and pruning fields (override with
+``--config.FIELD=VALUE``).
 
 With ``--config.population="64,64;32,32,32;128"`` the population mixes host widths and depths
 (one group per entry, ``--hosts`` seeds each; :func:`emrakul.env.population` pads them to one
@@ -36,6 +39,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent.train import PPOConfig, make_agent_train
+from emrakul.checkpoint import Checkpointer
 from emrakul.env import SurgeryEnv, population
 from emrakul.hosts.dqn import DQNConfig
 
@@ -46,6 +50,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 _ITERATIONS = flags.DEFINE_integer("iterations", 30, "PPO iterations (one episode each).")
 _HOSTS = flags.DEFINE_integer("hosts", 8, "Hosts in the population (vmapped).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_CKPT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 1, "Checkpoint the training state every N iterations (0: never)."
+)
+_RESUME = flags.DEFINE_bool("resume", True, "Resume from WORKDIR/state if it holds a checkpoint.")
 _DROP = flags.DEFINE_list(
     "drop_features", [], "Observation groups hidden from the agent (ablation), e.g. gsnr,flip."
 )
@@ -83,14 +91,31 @@ def main(argv) -> None:
         envs = SurgeryEnv(config, drop_features=drop)
     cfg = PPOConfig(num_hosts=_HOSTS.value)
     trainer = make_agent_train(envs, cfg)
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(_SEED.value))
+    init = jax.jit(trainer.init)
     update = jax.jit(trainer.update)
-    rows = []
+    key = jax.random.PRNGKey(_SEED.value)
+    metrics_path = os.path.join(workdir, "agent_metrics.jsonl")
+    ckpt = Checkpointer(os.path.join(workdir, "state"), max_to_keep=2)
+    done, rows, state = 0, [], None
+    if _RESUME.value and (restored := ckpt.restore_latest(jax.eval_shape(init, key))):
+        done, state = restored
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                rows = [r for r in map(json.loads, f) if r["iteration"] < done]
+        print(f"resuming after iteration {done - 1} ({ckpt.directory})")
+    if state is None:
+        state = init(key)
+    with open(metrics_path, "w") as f:  # rewritten: rows past the checkpoint are dropped
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     start = time.time()
-    for i in range(_ITERATIONS.value):
+    for i in range(done, _ITERATIONS.value):
         state, m = update(state)
         row = {"iteration": i, **{k: float(v) for k, v in m.items()}}
         rows.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if _CKPT_EVERY.value and ((i + 1) % _CKPT_EVERY.value == 0 or i + 1 == _ITERATIONS.value):
+            ckpt.save(i + 1, state)
         score = (
             f"test acc {row['test_accuracy']:.4f}"
             if "test_accuracy" in row
@@ -101,12 +126,9 @@ def main(argv) -> None:
             f"{row['final_sparsity']:.4f}  kl {row['approx_kl']:.4f}  ({time.time() - start:.0f}s)",
             flush=True,
         )
-    with open(os.path.join(workdir, "agent_metrics.jsonl"), "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.abspath(os.path.join(workdir, "agent")), state.params, force=True)
-    ckpt.wait_until_finished()
+    saver = ocp.StandardCheckpointer()
+    saver.save(os.path.abspath(os.path.join(workdir, "agent")), state.params, force=True)
+    saver.wait_until_finished()
     import matplotlib
 
     matplotlib.use("Agg")

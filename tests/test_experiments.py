@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,3 +137,27 @@ def test_compare_pairs_seeds(tmp_path):
     assert "| pooled (2 runs per seed) | 3 |" in pooled and pooled.count("+0.0367") == 3
     with pytest.raises(ValueError, match="no controller"):
         compare.per_seed(f"{tmp_path / 'a'}:zzz")
+
+
+def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
+    """Meta-training on CartPole DQN hosts checkpoints every iteration; after losing the last
+    checkpoint, a re-run resumes from the one before and recomputes the lost iteration exactly."""
+    work = str(tmp_path / "agent")
+    args = [
+        f"--workdir={work}", "--config=experiments/configs/agent_rl.py",
+        "--config.rl.total_env_steps=3000", "--config.rl.buffer_size=3000",
+        "--config.rl.learning_starts=200", "--config.rl.prune_every=50",
+        "--config.population=16,16", "--config.probe_size=32", "--hosts=2", "--iterations=2",
+    ]  # fmt: skip
+    out = run("experiments.train_agent", *args)
+    assert "1 groups x 2 hosts, 14 decisions per episode" in out.stdout
+    metrics = os.path.join(work, "agent_metrics.jsonl")
+    first = [json.loads(line) for line in read_lines(metrics)]
+    assert [r["iteration"] for r in first] == [0, 1]
+    assert all(0 < r["final_return"] <= 500 and r["final_sparsity"] > 0.9 for r in first)
+    assert sorted(os.listdir(os.path.join(work, "state"))) == ["1", "2"]
+    assert os.path.isdir(os.path.join(work, "agent"))
+    shutil.rmtree(os.path.join(work, "state", "2"))
+    again = run("experiments.train_agent", *args)
+    assert "resuming after iteration 0" in again.stdout
+    assert [json.loads(line) for line in read_lines(metrics)] == first
