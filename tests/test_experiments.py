@@ -139,6 +139,7 @@ def test_compare_pairs_seeds(tmp_path):
         compare.per_seed(f"{tmp_path / 'a'}:zzz")
 
 
+@pytest.mark.timeout(900)
 def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
     """Meta-training on CartPole DQN hosts checkpoints every iteration; after losing the last
     checkpoint, a re-run resumes from the one before and recomputes the lost iteration exactly."""
@@ -161,3 +162,30 @@ def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
     again = run("experiments.train_agent", *args)
     assert "resuming after iteration 0" in again.stdout
     assert [json.loads(line) for line in read_lines(metrics)] == first
+    # the trained policy scored in its training environment next to the neutral (GMP) policy; an
+    # agent with zero heads saved to disk must reproduce the built-in neutral policy exactly
+    import jax
+    import orbax.checkpoint as ocp
+
+    from emrakul.agent import networks as nw
+    from experiments.configs import agent_rl
+    from experiments.eval_rl_env import rl_population
+
+    config = agent_rl.get_config()
+    config.rl.total_env_steps, config.rl.buffer_size, config.rl.learning_starts = 3000, 3000, 200
+    config.rl.prune_every, config.population, config.probe_size = 50, "16,16", 32
+    obs, _ = rl_population(config)[0].reset(jax.random.PRNGKey(0))
+    zero = str(tmp_path / "zero")
+    saver = ocp.StandardCheckpointer()
+    saver.save(zero, nw.Agent(head_init_scale=0.0).init(jax.random.PRNGKey(3), obs))
+    saver.wait_until_finished()
+    scored = run("experiments.eval_rl_env", *args[2:-2], "--hosts=2",
+                 f"--policies=trained={work}/agent,zero={zero}")  # fmt: skip
+    table = [line.split(" | ") for line in scored.stdout.splitlines() if line.startswith("| 0 ")]
+    assert [row[1:3] for row in table] == [
+        ["neutral", "mode"],
+        ["trained", "mode"],
+        ["zero", "mode"],
+    ]
+    assert table[2][4] == "+0.000 ± 0.000" and table[2][6].startswith("+0.000 ± 0.000")
+    assert float(table[1][5].split()[0]) > 0
