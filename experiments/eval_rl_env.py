@@ -7,9 +7,10 @@ Runs one episode (one whole CartPole DQN training run, a decision per surgery in
 prints the mean episode return of the agent's reward and the hosts' final return (mean ± 95%
 Student-t CI over hosts, and the paired difference to the ``neutral`` policy). ``neutral`` is
 always included: an agent with zero output heads, whose deterministic action is "follow the GMP
-schedule" (so it scores GMP in this environment). Each policy is run with its deterministic
-action (``mode``, as deployed) and, with ``--sampled``, also with sampled actions (as in
-training). The host population comes from ``--config`` (default
+schedule" (so it scores GMP in this environment) and whose sampled actions are those of a fresh
+agent in ``experiments.train_agent`` (the exploration noise PPO starts from). Each policy is
+run with its deterministic action (``mode``, as deployed) and, with ``--sampled``, also with
+sampled actions (as in training). The host population comes from ``--config`` (default
 ``experiments/configs/agent_rl.py``), as in ``experiments.train_agent``.
 """
 
@@ -25,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent import networks as nw
+from emrakul.agent.train import PPOConfig
 from emrakul.env import population
 from emrakul.hosts.dqn import DQNConfig
 from emrakul.stats import mean_ci
@@ -78,7 +80,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     envs = rl_population(_CONFIG.value)
     obs, _ = envs[0].reset(jax.random.PRNGKey(0))
-    policies = {"neutral": nw.Agent(head_init_scale=0.0).init(jax.random.PRNGKey(0), obs)}
+    neutral = nw.Agent(keep_bias=PPOConfig().keep_bias, head_init_scale=0.0)  # training's init
+    policies = {"neutral": neutral.init(jax.random.PRNGKey(0), obs)}
     for item in _POLICIES.value:
         name, sep, path = item.partition("=")
         if not sep or not os.path.isdir(path):
