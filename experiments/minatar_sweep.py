@@ -787,7 +787,9 @@ def normalised_scores(rows: Sequence[dict], games: Sequence[str] | None = None) 
             unusable[g] = f"{BASELINE_ARM} {X}{BASELINE_WIDTH} mean return {np.mean(base):.3g} <= 0"
         else:
             baselines[g] = float(np.mean(base))
-    usable = [g for g in order if g in baselines]
+    # sorted, not in display order: the bootstrap resamples game by game, so its CI must not
+    # depend on which invocation (with which --config.games) writes the report
+    usable = sorted(g for g in order if g in baselines)
     by_group: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in rows:
         by_group.setdefault(_group_key(r), {}).setdefault(r["game"], {})[int(r["seed"])] = r[

@@ -175,9 +175,15 @@ def test_normalisation_and_incomplete_groups():
     np.testing.assert_allclose(norm.scores[("dense", 2, 0.0)], [[2.0, 0.5], [2.0, 1.5]])
     np.testing.assert_allclose(norm.scores[("dense", 1, 0.0)], [[0.5, 1.0], [1.5, 1.0]])
     assert norm.incomplete == {("gmp", 1, 0.9): ["B"]}
-    text, _ = ms.summary_markdown([{**r, "env_steps": 1, "total_env_steps": 1, "final_sparsity": 0,
-                                    "wall_seconds": 1.0, "curve": {}} for r in rows])  # fmt: skip
+    more = {"env_steps": 1, "total_env_steps": 1, "final_sparsity": 0, "wall_seconds": 1.0,
+            "curve": {}}  # fmt: skip
+    text, _ = ms.summary_markdown([{**r, **more} for r in rows])
     assert f"gmp {ms.X}1 @0.9 lacks B" in text and "Not normalisable: C" in text
+    # the IQM table (bootstrap CIs included) does not depend on the games' display order
+    again, _ = ms.summary_markdown([{**r, **more} for r in rows[::-1]])
+    assert ms.normalised_scores(rows[::-1], ["B", "A"]).games == ["A", "B"]
+    assert text[text.index("| arm | width | sparsity | runs"):] == again[
+        again.index("| arm | width | sparsity | runs"):]  # fmt: skip
 
 
 @pytest.mark.parametrize(
