@@ -27,9 +27,8 @@ from ml_collections import config_flags
 
 from emrakul.agent import networks as nw
 from emrakul.agent.train import PPOConfig
-from emrakul.env import population
-from emrakul.hosts.dqn import DQNConfig
 from emrakul.stats import mean_ci
+from experiments import rl_population
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -40,17 +39,6 @@ _POLICIES = flags.DEFINE_list("policies", [], "NAME=PATH pairs of experiments.tr
 _HOSTS = flags.DEFINE_integer("hosts", 16, "Hosts per group (the same seeds for every policy).")
 _SEED = flags.DEFINE_integer("seed", 1000, "Seed of the hosts (use one not seen in training).")
 _SAMPLED = flags.DEFINE_bool("sampled", False, "Also run every policy with sampled actions.")
-
-
-def rl_population(config) -> list:
-    """The ``DQNSurgeryEnv`` groups of an ``agent_rl``-style config."""
-    base = DQNConfig(**{**config.rl.to_dict(), "mlp_hidden": tuple(config.rl.mlp_hidden)})
-    groups = [g for g in str(config.get("population", "")).split(";") if g.strip()]
-    widths = [tuple(int(w) for w in g.split(",") if w.strip()) for g in groups]
-    kwargs = {"probe_size": int(config.probe_size)}
-    if config.return_scale:
-        kwargs["return_scale"] = float(config.return_scale)
-    return population([base._replace(mlp_hidden=w) for w in widths] or [base], **kwargs)
 
 
 def make_episode(env, sampled: bool):
@@ -78,7 +66,7 @@ def make_episode(env, sampled: bool):
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    envs = rl_population(_CONFIG.value)
+    envs = rl_population.build(_CONFIG.value)
     obs, _ = envs[0].reset(jax.random.PRNGKey(0))
     neutral = nw.Agent(keep_bias=PPOConfig().keep_bias, head_init_scale=0.0)  # training's init
     policies = {"neutral": neutral.init(jax.random.PRNGKey(0), obs)}

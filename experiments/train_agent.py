@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from emrakul.agent.train import PPOConfig, make_agent_train
 from emrakul.checkpoint import Checkpointer
 from emrakul.env import SurgeryEnv, population
-from emrakul.hosts.dqn import DQNConfig
+from experiments import rl_population
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "agent.py"), "Host config."
@@ -68,16 +68,11 @@ def main(argv) -> None:
     drop = tuple(_DROP.value)
     groups = [g for g in str(config.get("population", "")).split(";") if g.strip()]
     if "rl" in config:  # RL hosts: DQNs
-        base = DQNConfig(**{**config.rl.to_dict(), "mlp_hidden": tuple(config.rl.mlp_hidden)})
-        widths = [tuple(int(w) for w in g.split(",") if w.strip()) for g in groups]
-        configs = [base._replace(mlp_hidden=w) for w in widths] or [base]
-        kwargs = {"drop_features": drop, "probe_size": int(config.probe_size)}
-        if config.return_scale:
-            kwargs["return_scale"] = float(config.return_scale)
-        envs = population(configs, **kwargs)
+        envs = rl_population.build(config, drop)
         print(
-            f"RL hosts ({base.env_name} DQN): {len(envs)} groups x {_HOSTS.value} hosts, "
-            f"{envs[0].num_steps} decisions per episode, widths {[c.mlp_hidden for c in configs]}"
+            f"RL hosts ({config.rl.env_name} DQN): {len(envs)} groups x {_HOSTS.value} hosts, "
+            f"{envs[0].num_steps} decisions per episode, widths "
+            f"{[e.config.mlp_hidden for e in envs]}"
         )
     elif groups:
         configs = []

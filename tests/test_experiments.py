@@ -168,13 +168,13 @@ def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
     import orbax.checkpoint as ocp
 
     from emrakul.agent import networks as nw
+    from experiments import rl_population
     from experiments.configs import agent_rl
-    from experiments.eval_rl_env import rl_population
 
     config = agent_rl.get_config()
     config.rl.total_env_steps, config.rl.buffer_size, config.rl.learning_starts = 3000, 3000, 200
     config.rl.prune_every, config.population, config.probe_size = 50, "16,16", 32
-    obs, _ = rl_population(config)[0].reset(jax.random.PRNGKey(0))
+    obs, _ = rl_population.build(config)[0].reset(jax.random.PRNGKey(0))
     zero = str(tmp_path / "zero")
     saver = ocp.StandardCheckpointer()
     saver.save(zero, nw.Agent(head_init_scale=0.0).init(jax.random.PRNGKey(3), obs))

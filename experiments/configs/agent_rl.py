@@ -6,7 +6,8 @@ meta-trains on :class:`emrakul.rl_env.DQNSurgeryEnv` hosts instead of MNIST-1D c
 Fields:
 
 * ``rl``: the :class:`emrakul.hosts.dqn.DQNConfig` fields of every host (``controller`` is
-  ignored: the agent is the controller). CartPole-v1, 50k environment steps, 4 vectorised
+  ignored: the agent is the controller): ``experiments/configs/cartpole_dqn.py``'s with a 95%
+  target and ``mlp_hidden = (64, 64)``. CartPole-v1, 50k environment steps, 4 vectorised
   environments, one update per 4 steps, a surgery (one agent decision) every 500 updates: 24
   decisions per episode; the pruning settings of the MinAtar sweep (95% target, ERK, the GMP
   schedule the actions correct running from 20% to 80% of training).
@@ -19,32 +20,15 @@ Fields:
 
 import ml_collections
 
+from experiments.configs import cartpole_dqn
+
 
 def get_config() -> ml_collections.ConfigDict:
     """The RL-host meta-training config."""
     c = ml_collections.ConfigDict()
-    c.rl = ml_collections.ConfigDict(
-        {
-            "env_name": "CartPole-v1",
-            "num_envs": 4,
-            "total_env_steps": 50_000,
-            "buffer_size": 50_000,
-            "batch_size": 64,
-            "learning_starts": 1_000,
-            "train_every": 4,
-            "target_update_every": 500,
-            "lr": 5e-4,
-            "adam_eps": 1e-8,
-            "eps_end": 0.05,
-            "eps_fraction": 0.1,
-            "mlp_hidden": (64, 64),
-            "prune_every": 500,
-            "sparsity": 0.95,
-            "distribution": "erk",
-            "prune_start": 0.2,
-            "prune_end": 0.8,
-        }
-    )
+    c.rl = cartpole_dqn.get_config().rl  # the smoke test's DQN, pruned to 95%
+    c.rl.sparsity = 0.95
+    c.rl.mlp_hidden = (64, 64)
     c.population = "64,64;128,128"
     c.return_scale = 0.0
     c.probe_size = 256
