@@ -139,6 +139,7 @@ def test_compare_pairs_seeds(tmp_path):
         compare.per_seed(f"{tmp_path / 'a'}:zzz")
 
 
+@pytest.mark.slow  # ~150 s: outside the 20-minute CI budget (run with -m slow)
 @pytest.mark.timeout(900)
 def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
     """Meta-training on CartPole DQN hosts checkpoints every iteration; after losing the last

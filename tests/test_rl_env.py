@@ -153,6 +153,7 @@ def test_observation_is_the_deployed_magistrates(env):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=atol)
 
 
+@pytest.mark.slow  # ~65 s: outside the 20-minute CI budget (run with -m slow)
 def test_ppo_trains_on_a_population_of_rl_hosts():
     envs = population([tiny(), tiny(mlp_hidden=(24, 8, 8))], probe_size=32)
     assert [e.r_max for e in envs] == [24 + 8 + 8 + 2] * 2 and [e.l_max for e in envs] == [4, 4]
