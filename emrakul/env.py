@@ -207,23 +207,24 @@ def population(configs: Sequence[Any], **kwargs: Any) -> tuple[Any, ...]:
         from emrakul.hosts.dqn import count_intervals
         from emrakul.rl_env import DQNSurgeryEnv, dqn_layout
 
-        lengths = {count_intervals(c) for c in configs}
-        if len(lengths) != 1:
-            raise ValueError(
-                f"host groups must have the same episode length (surgery intervals), got "
-                f"{sorted(lengths)}"
-            )
-        layouts = [dqn_layout(c) for c in configs]
-        r_max = max(lay.num_regions for lay in layouts)
-        l_max = max(lay.num_layers for lay in layouts)
-        return tuple(DQNSurgeryEnv(c, r_max=r_max, l_max=l_max, **kwargs) for c in configs)
-    lengths = {int(c.train.steps) // int(c.prune.every) for c in configs}
+        env_cls, layout_of, length_of, unit = (
+            DQNSurgeryEnv,
+            dqn_layout,
+            count_intervals,
+            "surgery intervals",
+        )
+    else:
+        env_cls, layout_of, unit = SurgeryEnv, host_layout, "train.steps // prune.every"
+
+        def length_of(c):
+            return int(c.train.steps) // int(c.prune.every)
+
+    lengths = {length_of(c) for c in configs}
     if len(lengths) != 1:
         raise ValueError(
-            f"host groups must have the same episode length (train.steps // prune.every), "
-            f"got {sorted(lengths)}"
+            f"host groups must have the same episode length ({unit}), got {sorted(lengths)}"
         )
-    layouts = [host_layout(c) for c in configs]
+    layouts = [layout_of(c) for c in configs]
     r_max = max(lay.num_regions for lay in layouts)
     l_max = max(lay.num_layers for lay in layouts)
-    return tuple(SurgeryEnv(c, r_max=r_max, l_max=l_max, **kwargs) for c in configs)
+    return tuple(env_cls(c, r_max=r_max, l_max=l_max, **kwargs) for c in configs)
