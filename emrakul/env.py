@@ -103,17 +103,11 @@ class SurgeryEnv:
     def observe(self, run: RunState, val_accuracy: jax.Array) -> AgentObs:
         """The agent's observation of the host in ``run`` (``val_accuracy``: its current
         validation accuracy), the same one a deployed policy gets from the training loop."""
-        opt = run.opt_state
-        obs = wrap_mod.observation(
+        obs = wrap_mod.state_observation(
             run.params,
-            vit.grad_mean(opt.vitals),
-            opt.life.state,
-            opt.vitals,
-            opt.knobs.target,
-            opt.step,
-            opt.key,
-            opt.health._replace(val_accuracy=val_accuracy),
+            run.opt_state,
             total_steps=self.num_steps * self.trainer.steps_per_interval,
+            health=run.opt_state.health._replace(val_accuracy=val_accuracy),
             activations=self.trainer.activations(run),
         )
         return features.observe(obs, self.layout, self.r_max, self.l_max, self.drop_features)

@@ -158,17 +158,8 @@ class DQNSurgeryEnv:
 
     def observe(self, host: dqn_mod.DQNState) -> AgentObs:
         """The agent's observation of ``host``: the one a deployed Magistrate gets in the DQN."""
-        opt = host.opt_state
-        obs = wrap_mod.observation(
-            host.params,
-            vit.grad_mean(opt.vitals),
-            opt.life.state,
-            opt.vitals,
-            opt.knobs.target,
-            opt.step,
-            opt.key,
-            opt.health,
-            total_steps=self.num_steps * self.dqn.updates_per_interval,
+        obs = wrap_mod.state_observation(
+            host.params, host.opt_state, total_steps=self.num_steps * self.dqn.updates_per_interval
         )
         return features.observe(obs, self.layout, self.r_max, self.l_max, self.drop_features)
 

@@ -170,6 +170,40 @@ def observation(
     )
 
 
+def state_observation(
+    params: PyTree,
+    state: Any,
+    *,
+    total_steps: int,
+    health: Health | None = None,
+    activations: Any = None,
+) -> Observation:
+    """The observation of a host from its wrapper state, as the meta-training environments
+    (:class:`emrakul.env.SurgeryEnv`, :class:`emrakul.rl_env.DQNSurgeryEnv`) build it.
+
+    The gradient is the vital signs' gradient mean and the key the state's own key.
+
+    Args:
+      params: the host's dense weights.
+      state: the host's :class:`EmrakulState`.
+      total_steps: host steps of the whole run.
+      health: overrides ``state.health`` (e.g. with a fresh validation accuracy).
+      activations: as for :func:`observation`.
+    """
+    return observation(
+        params,
+        vit.grad_mean(state.vitals),
+        state.life.state,
+        state.vitals,
+        state.knobs.target,
+        state.step,
+        state.key,
+        state.health if health is None else health,
+        total_steps=total_steps,
+        activations=activations,
+    )
+
+
 class EmrakulState(NamedTuple):
     """The wrapper's optimizer state.
 

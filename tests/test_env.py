@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from controller_sim import spy_controller
 
 from emrakul.agent import features
 from emrakul.agent.networks import LYSE, AgentObs
-from emrakul.controllers.magistrate import action_controller, neutral_action
+from emrakul.controllers.magistrate import neutral_action
 from emrakul.env import SurgeryEnv
 from emrakul.loop import make_train
 from emrakul.surgery.lifecycle import LYSED
@@ -121,19 +122,7 @@ def test_magistrate_needs_a_policy():
 def test_deployed_policy_sees_the_environments_observation(env):
     """A controller deployed in the training loop observes exactly what the environment shows
     the agent (activations, validation accuracy and loss health included)."""
-    base = action_controller(env.layout, env.r_max)
-
-    def seen(observation):
-        return features.observe(observation, env.layout, env.r_max, env.l_max)
-
-    def init(params, observation, key=None):
-        return seen(observation)
-
-    def decide(observation, state):
-        decision, _ = base.decide(observation, base.init(None, observation))
-        return decision, seen(observation)
-
-    spy = base._replace(init=init, decide=decide, needs_activations=True)
+    spy = spy_controller(env, needs_activations=True)
     trainer = make_train(env.config, spy)
     run = jax.jit(trainer.init)(jax.random.PRNGKey(5))
     step = jax.jit(trainer.interval)

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from controller_sim import spy_controller
 
 from emrakul import wrapper as wrap_mod
-from emrakul.agent import features
 from emrakul.agent.train import PPOConfig, make_agent_train
-from emrakul.controllers.magistrate import action_controller, neutral_action
+from emrakul.controllers.magistrate import neutral_action
 from emrakul.env import population
 from emrakul.hosts import dqn
 from emrakul.rl_env import DQNSurgeryEnv
@@ -126,19 +126,7 @@ def test_neutral_action_is_gmp_and_the_episode_ends(env):
 
 def test_observation_is_the_deployed_magistrates(env):
     """The controller inside the DQN sees what the environment shows the agent."""
-    base = action_controller(env.layout, env.r_max, env.l_max)
-
-    def seen(observation):
-        return features.observe(observation, env.layout, env.r_max, env.l_max)
-
-    def init(params, observation, key=None):
-        return seen(observation)
-
-    def decide(observation, state):
-        decision, _ = base.decide(observation, base.init(None, observation))
-        return decision, seen(observation)
-
-    spy = base._replace(init=init, decide=decide)
+    spy = spy_controller(env)
     program = dqn.make_dqn(env.config, spy)
     host = jax.jit(program.init)(jax.random.PRNGKey(5))
     run = jax.jit(lambda s: program.run(s, 1))
