@@ -70,6 +70,7 @@ def run_controller(
     progress: bool = True,
     max_chunks: int | None = None,
     shard: bool = False,
+    seed_loop: str | None = None,
 ) -> Result | None:
     """Trains ``seeds`` seeds of one controller, vmapped, in checkpointed chunks.
 
@@ -87,15 +88,24 @@ def run_controller(
         device computes its seeds as an unsharded run of ``seeds / devices`` seeds would: XLA
         picks kernels by batch shape, so floats can differ from the all-seeds-on-one-device
         run in the last bits (as between sweeps of different sizes), and in long runs a
-        near-tie mask decision can then go the other way.
+        near-tie mask decision can then go the other way (unless ``seed_loop="map"``).
+      seed_loop: how the seeds share a program (:func:`emrakul.sharding.over_seeds`):
+        ``"vmap"`` (batched) or ``"map"`` (one after the other: every seed's results are
+        bit-identical to that seed run alone, in any sweep size, sharded or not). ``None``:
+        ``config.run.seed_loop`` (default ``"vmap"``).
 
     Returns:
       A :class:`Result`, or ``None`` when stopped early by ``max_chunks``.
 
     Raises:
       NonFiniteLossError: the training loss became NaN or inf (the last good checkpoint is kept).
-      ValueError: ``shard`` and ``seeds`` is not a multiple of the device count.
+      ValueError: ``shard`` and ``seeds`` is not a multiple of the device count, or an
+        unknown ``seed_loop``.
     """
+    if seed_loop is None:
+        seed_loop = config.run.get("seed_loop", "vmap")
+    if seed_loop not in shd.SEED_LOOPS:
+        raise ValueError(f"seed_loop must be one of {shd.SEED_LOOPS}, got {seed_loop!r}")
     mesh = shd.seed_mesh() if shard else None
     if mesh is not None:
         shd.check_divisible(seeds, mesh)
@@ -106,9 +116,16 @@ def run_controller(
     chunk = max(d for d in range(1, max(1, min(chunk, n)) + 1) if n % d == 0)
     num_chunks = n // chunk
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seed_offset, seed_offset + seeds))
-    init = jax.jit(jax.vmap(trainer.init))
-    run = jax.jit(jax.vmap(trainer.run, in_axes=(0, None)), static_argnums=1)
-    test = jax.jit(jax.vmap(lambda s: trainer.evaluate(s, "test")))
+
+    def lift(fn):
+        return shd.over_seeds(fn, seed_loop, mesh)
+
+    def run_seeds(state, size):
+        return lift(lambda s: trainer.run(s, size))(state)
+
+    init = jax.jit(lift(trainer.init))
+    run = jax.jit(run_seeds, static_argnums=1)
+    test = jax.jit(lift(lambda s: trainer.evaluate(s, "test")))
 
     def empty_metrics(state):
         one = jax.eval_shape(lambda s: trainer.run(s, 1)[1], jax.tree.map(lambda x: x[0], state))
@@ -118,9 +135,9 @@ def run_controller(
     if mesh is not None:  # every leaf has a leading seeds axis: split it over the devices
         state_sh, metrics_sh = (shd.seed_shardings(x, mesh, seeds) for x in abstract)
         keys = shd.shard_seeds(keys, mesh, seeds)
-        init = jax.jit(jax.vmap(trainer.init), out_shardings=state_sh)
+        init = jax.jit(lift(trainer.init), out_shardings=state_sh)
         run = jax.jit(
-            jax.vmap(trainer.run, in_axes=(0, None)),
+            run_seeds,
             static_argnums=1,
             in_shardings=(state_sh,),
             out_shardings=(state_sh, metrics_sh),

@@ -26,7 +26,7 @@ read one back on every process).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "seeds"
+SEED_LOOPS = ("vmap", "map")
 
 PyTree = Any
 
@@ -58,6 +59,43 @@ def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     if len({d.id for d in devices}) != len(devices):
         raise ValueError(f"seed_mesh got a device twice: {devices}")
     return Mesh(np.array(devices, dtype=object), (AXIS,))
+
+
+def over_seeds(fn: Callable[..., Any], loop: str = "vmap", mesh: Mesh | None = None) -> Callable:
+    """Lifts ``fn`` (of one seed's arguments) to arguments with a leading seeds axis.
+
+    Args:
+      fn: a function of pytrees for one seed; its outputs get the leading seeds axis.
+      loop: ``"vmap"``: :func:`jax.vmap`, one batched program (the fastest where a batch is
+        cheap, e.g. on an accelerator); XLA picks kernels by the batch shape, so a seed's floats
+        can differ in the last bits with the number of seeds in the program or per device.
+        ``"map"``: :func:`jax.lax.map`, every seed computed one after the other by the same
+        one-seed program, so a seed's results are bit-identical whatever other seeds run with
+        it, and sharded or not. With a ``mesh``, ``"map"`` runs under :func:`jax.shard_map`:
+        each device maps the one-seed program over its own seeds (every argument and output
+        leaf must then carry the seeds axis). ``"vmap"`` with a mesh is the plain ``vmap``;
+        give ``jax.jit`` the :func:`seed_shardings`.
+      mesh: a mesh from :func:`seed_mesh`, or ``None``.
+
+    Returns:
+      The lifted function (not jitted).
+
+    Raises:
+      ValueError: an unknown ``loop``.
+    """
+    if loop not in SEED_LOOPS:
+        raise ValueError(f"seed loop must be one of {SEED_LOOPS}, got {loop!r}")
+    if loop == "vmap":
+        return jax.vmap(fn)
+
+    def mapped(*args):
+        return jax.lax.map(lambda a: fn(*a), args)
+
+    if mesh is None:
+        return mapped
+    # check_vma=False: the one-seed program's scans carry values that shard_map's
+    # varying-manual-axes check cannot type (none of them crosses devices).
+    return jax.shard_map(mapped, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False)
 
 
 def check_divisible(num_seeds: int, mesh: Mesh) -> None:

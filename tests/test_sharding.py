@@ -22,6 +22,11 @@ and the test accuracies come out exactly equal, and the float leaves are asserte
 ``rtol=1e-5, atol=1e-6`` (observed: <= 1e-6 absolute, <= 5e-7 relative). In long runs a
 last-bit difference can flip a near-tie mask decision, after which the trajectories diverge
 (statistically equivalent, not identical; ``benchmarks/sharded_sweep.py`` shows both regimes).
+
+``seed_loop="map"`` (:func:`emrakul.sharding.over_seeds`) removes the batch-shape dependence:
+every seed runs the same one-seed program (``lax.map`` unsharded; ``shard_map`` of it sharded),
+so the sharded run, the unsharded run and a seed run alone agree in every leaf, bit for bit
+(asserted below).
 """
 
 from __future__ import annotations
@@ -129,6 +134,25 @@ def test_initialize_distributed_validates_before_calling_jax():
         initialize_distributed("localhost:1234", 2, -1)
 
 
+def test_over_seeds_loops_and_bad_loop():
+    import jax
+    import jax.numpy as jnp
+
+    from emrakul import sharding as shd
+
+    def one(x, y):
+        return {"z": x @ y, "s": jnp.sum(x)}
+
+    x, y = jnp.arange(24.0).reshape(3, 2, 4), jnp.ones((3, 4, 5))
+    want = jax.vmap(one)(x, y)
+    for loop in shd.SEED_LOOPS:
+        got = jax.jit(shd.over_seeds(one, loop))(x, y)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="seed loop must be one of"):
+        shd.over_seeds(one, "pmap")
+
+
 # ----------------------------------------------------------------------------------------------
 # 8 forced CPU devices, in a child process.
 
@@ -167,6 +191,20 @@ def test_sharded_run_equals_unsharded(report):
     }
     assert discrete <= set(eq["metrics_exact"]), eq["metrics_exact"]
     assert report["compilations"] == {"sharded": 1, "unsharded": 1}
+
+
+def test_map_seed_loop_is_bit_identical_sharded_unsharded_and_alone(report):
+    """``seed_loop="map"``: every seed runs the same one-seed program wherever it is placed."""
+    m = report["map"]
+    assert m["leaves"] > 50
+    assert m["different_leaves"] == [], m["different_leaves"]  # floats included, bit for bit
+    assert m["alone_different_leaves"] == [], m["alone_different_leaves"]
+    acc = m["test_accuracy"]
+    assert acc["sharded"] == acc["unsharded"] and acc["alone"] == acc["unsharded"][5:6]
+    assert m["compilations"] == {"sharded": 1, "unsharded": 1}
+    place = m["placement"]
+    assert place["specs"] == ["('seeds',)"] and place["device_set_sizes"] == [8]
+    assert place["shard_leading"] == [1]
 
 
 def test_state_is_sharded_over_eight_devices(report):
@@ -432,6 +470,39 @@ def _child(work: str) -> None:
         "quarantined": [
             c for c in os.listdir(os.path.join(src, "checkpoints", CONTROLLER)) if "damaged" in c
         ],
+    }
+
+    # -- seed_loop="map": each device maps the one-seed program over its seeds (shard_map), the
+    # unsharded run maps it over all 8: every leaf bit-identical, and equal to a seed run alone
+    def run_map(name, shard, seeds=SEEDS, offset=0):
+        wd = os.path.join(work, name)
+        kw = dict(seeds=seeds, seed_offset=offset, workdir=wd, progress=False, shard=shard)
+        r = runner.run_controller(config, CONTROLLER, seed_loop="map", **kw)
+        return r, saved[os.path.abspath(os.path.join(wd, "checkpoints", CONTROLLER))]
+
+    (ma, mcarry_a), (mb, mcarry_b) = run_map("map_sharded", True), run_map("map_unsharded", False)
+    alone, carry_alone = run_map("map_alone", False, seeds=1, offset=5)
+    flat_a = jax.tree_util.tree_flatten_with_path(mcarry_a)[0]
+    one = lambda x: np.asarray(x)[5:6]  # seed 5 of the 8-seed run
+    out["map"] = {
+        "leaves": len(flat_a),
+        "different_leaves": [
+            path_str(p)
+            for (p, x), y in zip(flat_a, jax.tree.leaves(mcarry_b), strict=True)
+            if not np.array_equal(np.asarray(x), np.asarray(y))
+        ],
+        "alone_different_leaves": [
+            path_str(p)
+            for (p, x), y in zip(flat_a, jax.tree.leaves(carry_alone), strict=True)
+            if not np.array_equal(one(x), np.asarray(y))
+        ],
+        "test_accuracy": {
+            "sharded": ma.test["accuracy"].tolist(),
+            "unsharded": mb.test["accuracy"].tolist(),
+            "alone": alone.test["accuracy"].tolist(),
+        },
+        "compilations": {"sharded": ma.compilations, "unsharded": mb.compilations},
+        "placement": describe(mcarry_a.state),
     }
     out["workdir"] = work
     with open(os.path.join(work, "report.json"), "w") as f:

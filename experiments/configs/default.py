@@ -28,6 +28,9 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
   ``depth``, recovering by ``recovery`` per step (``depth = 1`` turns anesthesia off).
 * ``run.chunk``: surgery intervals per compiled chunk (progress and checkpoint granularity).
 * ``run.checkpoint``: save orbax checkpoints under ``WORKDIR/checkpoints`` and resume from them.
+* ``run.seed_loop``: ``"vmap"`` (seeds batched in one program) or ``"map"`` (one seed after the
+  other: each seed's results are bit-identical to that seed run alone, sharded or not; see
+  :func:`emrakul.sharding.over_seeds`).
 """
 
 import ml_collections
@@ -55,5 +58,5 @@ def get_config() -> ml_collections.ConfigDict:
             "anesthesia": {"threshold": 1.0, "depth": 1.0, "recovery": 0.01},
         }
     )
-    c.run = ml_collections.ConfigDict({"chunk": 5, "checkpoint": True})
+    c.run = ml_collections.ConfigDict({"chunk": 5, "checkpoint": True, "seed_loop": "vmap"})
     return c
