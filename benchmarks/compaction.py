@@ -1,6 +1,7 @@
 """Real savings of a pruned MLP: compacted vs masked-dense inference, and sparse checkpoint sizes.
 
-Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--serve 64]``
+Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--serve 64]
+[--burst 50]``
 
 1. Inference. An MLP ``784-1024-1024-10`` (1.86 M weights, 7.5 MB float32: large enough that
    the matmuls dominate a jitted forward pass at batch 256) with whole hidden units dead
@@ -14,7 +15,11 @@ Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--ser
    at 75% (the FLOPs shrink by 2.8x and 6.9x). Batch 1 is timed twice: one request per jitted
    call from Python (per-call dispatch, ~0.1 ms, included), and ``--serve R`` requests of batch
    1 answered one after another inside one jitted call (``lax.map``; the row's times are per
-   request), which measures the model rather than the dispatcher.
+   request), which measures the model rather than the dispatcher. ``--burst K`` adds batch-1
+   requests made one jitted call each, ``K`` back to back per timed round (times per request):
+   a model serving a stream of single requests. The plain batch-1 row interleaves single calls
+   of the three models, so every call starts with the other models' weights in the cache (and
+   the compact model's after the 7.5 MB dense one's): a cold, isolated request.
 2. Checkpoint size on disk (sum of file sizes) of a ``784-512-512-10`` MLP with random weights:
    the dense params (orbax ``StandardCheckpointer``), :func:`emrakul.export.save` at 95%
    unstructured sparsity and with 2:4 masks (groups along the input axis), and, for reference,
@@ -62,8 +67,24 @@ def _served(apply_fn):
     return jax.jit(serve)
 
 
+def _burst(fn, k: int):
+    """``fn`` called ``k`` times back to back (each a separate jitted call from Python)."""
+
+    def run(*args):
+        for _ in range(k):
+            out = fn(*args)
+        return out
+
+    return run
+
+
 def time_inference(
-    widths: tuple[int, ...], sparsities: list[float], batches: list[int], rounds, serve: int
+    widths: tuple[int, ...],
+    sparsities: list[float],
+    batches: list[int],
+    rounds: int,
+    serve: int,
+    burst: int = 0,
 ):
     model = hosts.MLP(features=widths, num_classes=10)
     rng = np.random.default_rng(0)
@@ -82,10 +103,14 @@ def time_inference(
         c = export.compact(params, masks)
         small = export.compact_model(model, c)
         apply_small = jax.jit(small.apply)
-        cases = [(b, apply, apply_masked, apply_small, 1) for b in batches]
+        cases = [(b, apply, apply_masked, apply_small, 1, str(b)) for b in batches]
+        if burst:  # a stream of batch-1 requests, one jitted call each
+            fns = (_burst(apply, burst), _burst(apply_masked, burst), _burst(apply_small, burst))
+            cases.append((1, *fns, burst, f"1 ({burst} calls back to back)"))
         if serve:  # batch-1 requests served in one compiled program: no per-call dispatch
-            cases.append((serve, serve_dense, serve_masked, _served(small.apply), serve))
-        for batch, f_dense, f_masked, f_small, per_call in cases:
+            fns = (serve_dense, serve_masked, _served(small.apply))
+            cases.append((serve, *fns, serve, f"1 ({serve} per call, scan)"))
+        for batch, f_dense, f_masked, f_small, per_call, label in cases:
             x = jnp.asarray(rng.normal(size=(batch, 784)), jnp.float32)
             want = f_dense({"params": pre}, x)
             got = f_small({"params": c.params}, x)
@@ -104,7 +129,7 @@ def time_inference(
             rows.append(
                 [
                     f"{s:.0%}",
-                    batch if per_call == 1 else f"1 ({per_call} per call, scan)",
+                    label,
                     "-".join(str(w) for w in (784, *c.widths, 10)),
                     f"{med['dense'] * 1e3:.3f}",
                     f"{med['on_the_fly'] * 1e3:.3f}",
@@ -189,6 +214,12 @@ def main() -> None:
         default=64,
         help="also time batch-1 requests served this many per jitted call (lax.map); 0: off",
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=50,
+        help="also time batch-1 requests made this many jitted calls back to back; 0: off",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
@@ -200,6 +231,7 @@ def main() -> None:
             [int(b) for b in args.batches.split(",")],
             args.rounds,
             args.serve,
+            args.burst,
         )
     checkpoint_sizes()
 
