@@ -72,7 +72,7 @@ def run_controller(
     shard: bool = False,
     seed_loop: str | None = None,
 ) -> Result | None:
-    """Trains ``seeds`` seeds of one controller, vmapped, in checkpointed chunks.
+    """Trains ``seeds`` seeds of one controller (vmapped or mapped) in checkpointed chunks.
 
     Args:
       config: the experiment config.
