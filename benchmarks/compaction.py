@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--serve 64]
 [--burst 50]``
 
-1. Inference. An MLP ``784-1024-1024-10`` (1.86 M weights, 7.5 MB float32: large enough that
+1. Inference. An MLP ``784-1024-1024-10`` (1.86 M weights, 7.4 MB float32: large enough that
    the matmuls dominate a jitted forward pass at batch 256) with whole hidden units dead
    (random, exactly ``s * width`` per hidden layer; the output layer is never pruned), at unit
    sparsity 50% and 75%. Three jitted candidates are timed interleaved in one process (medians,
@@ -15,11 +15,12 @@ Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--ser
    at 75% (the FLOPs shrink by 2.8x and 6.9x). Batch 1 is timed twice: one request per jitted
    call from Python (per-call dispatch, ~0.1 ms, included), and ``--serve R`` requests of batch
    1 answered one after another inside one jitted call (``lax.map``; the row's times are per
-   request), which measures the model rather than the dispatcher. ``--burst K`` adds batch-1
-   requests made one jitted call each, ``K`` back to back per timed round (times per request):
-   a model serving a stream of single requests. The plain batch-1 row interleaves single calls
-   of the three models, so every call starts with the other models' weights in the cache (and
-   the compact model's after the 7.5 MB dense one's): a cold, isolated request.
+   request), which measures the model rather than the dispatcher. Three batch-1 regimes in all:
+   ``--burst K`` adds requests made one jitted call each, ``K`` back to back per timed round,
+   each result awaited before the next call (times per request): a model serving a stream of
+   single requests. The plain batch-1 row interleaves single calls of the three models, so
+   every call starts with the other models' weights in the cache (and the compact model's
+   after the 7.4 MB dense one's): a cold, isolated request.
 2. Checkpoint size on disk (sum of file sizes) of a ``784-512-512-10`` MLP with random weights:
    the dense params (orbax ``StandardCheckpointer``), :func:`emrakul.export.save` at 95%
    unstructured sparsity and with 2:4 masks (groups along the input axis), and, for reference,
@@ -68,11 +69,15 @@ def _served(apply_fn):
 
 
 def _burst(fn, k: int):
-    """``fn`` called ``k`` times back to back (each a separate jitted call from Python)."""
+    """``fn`` called ``k`` times back to back, each a separate jitted call from Python whose
+    result is waited for before the next call (request-response latency, no pipelining of
+    asynchronous dispatches)."""
+    if k < 1:
+        raise ValueError(f"--burst must be >= 1 (or 0 for off), got {k}")
 
     def run(*args):
         for _ in range(k):
-            out = fn(*args)
+            out = jax.block_until_ready(fn(*args))
         return out
 
     return run
@@ -104,7 +109,7 @@ def time_inference(
         small = export.compact_model(model, c)
         apply_small = jax.jit(small.apply)
         cases = [(b, apply, apply_masked, apply_small, 1, str(b)) for b in batches]
-        if burst:  # a stream of batch-1 requests, one jitted call each
+        if burst:  # a stream of batch-1 requests, one jitted call each, each awaited
             fns = (_burst(apply, burst), _burst(apply_masked, burst), _burst(apply_small, burst))
             cases.append((1, *fns, burst, f"1 ({burst} calls back to back)"))
         if serve:  # batch-1 requests served in one compiled program: no per-call dispatch

@@ -1,6 +1,7 @@
 """Drives the compiled loop from Python in chunks: progress, checkpoints, resumption, NaN stop.
 
-Every chunk is the same compiled program (``jit(vmap(run))`` over seeds with a fixed number of
+Every chunk is the same compiled program (``run`` lifted over the seeds by
+:func:`emrakul.sharding.over_seeds`, jitted, with a fixed number of
 intervals), so nothing recompiles between chunks. After each chunk the whole state and the
 metrics recorded so far are checkpointed; a run started again with the same workdir resumes from
 the newest checkpoint that loads and ends with exactly the metrics of an uninterrupted run.
@@ -24,7 +25,7 @@ from emrakul.loop import IntervalMetrics, RunState, make_train
 
 
 class Carry(NamedTuple):
-    """What a checkpoint holds: the vmapped run state and the metrics table filled so far."""
+    """What a checkpoint holds: the run state (leading seeds axis) and the metrics so far."""
 
     state: RunState
     metrics: IntervalMetrics  # leaves [seeds, num_intervals, ...]
@@ -77,7 +78,7 @@ def run_controller(
     Args:
       config: the experiment config.
       controller: the controller name.
-      seeds: number of seeds (vmapped in one program).
+      seeds: number of seeds (one program; see ``seed_loop``).
       seed_offset: the first seed (seeds are ``seed_offset, ..., seed_offset + seeds - 1``).
       workdir: where checkpoints go (``workdir/checkpoints/<controller>``); ``None``: none.
       chunk: surgery intervals per compiled chunk.
@@ -90,8 +91,9 @@ def run_controller(
         run in the last bits (as between sweeps of different sizes), and in long runs a
         near-tie mask decision can then go the other way (unless ``seed_loop="map"``).
       seed_loop: how the seeds share a program (:func:`emrakul.sharding.over_seeds`):
-        ``"vmap"`` (batched) or ``"map"`` (one after the other: every seed's results are
-        bit-identical to that seed run alone, in any sweep size, sharded or not). ``None``:
+        ``"vmap"`` (batched) or ``"map"`` (one after the other: every seed's results equal that
+        seed run alone, in any sweep size, sharded or not; bit-identical on XLA:CPU in the
+        tests, not a promise of XLA's). ``None``:
         ``config.run.seed_loop`` (default ``"vmap"``).
 
     Returns:
@@ -99,11 +101,11 @@ def run_controller(
 
     Raises:
       NonFiniteLossError: the training loss became NaN or inf (the last good checkpoint is kept).
-      ValueError: ``shard`` and ``seeds`` is not a multiple of the device count, or an
-        unknown ``seed_loop``.
+      ValueError: ``shard`` and ``seeds`` is not a multiple of the device count, an unknown
+        ``seed_loop``, or checkpoints in ``workdir`` written with another ``seed_loop``.
     """
     if seed_loop is None:
-        seed_loop = config.run.get("seed_loop", "vmap")
+        seed_loop = config.get("run", {}).get("seed_loop", "vmap")
     if seed_loop not in shd.SEED_LOOPS:
         raise ValueError(f"seed_loop must be one of {shd.SEED_LOOPS}, got {seed_loop!r}")
     mesh = shd.seed_mesh() if shard else None
@@ -153,10 +155,25 @@ def run_controller(
     carry = None
     if workdir is not None:
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints", controller))
+        marker = os.path.join(workdir, "checkpoints", f"{controller}.seed_loop")
         restored = ckpt.restore_latest(abstract)
         if restored is not None:
+            before = "vmap"  # checkpoints from before the marker existed
+            if os.path.exists(marker):
+                with open(marker) as f:
+                    before = f.read().strip()
+            if before != seed_loop:
+                raise ValueError(
+                    f"the checkpoints in {workdir} were written with seed_loop={before!r}; "
+                    f"resuming them with seed_loop={seed_loop!r} would mix two programs whose "
+                    f"floats differ. Use config.run.seed_loop={before!r} or a new workdir."
+                )
             done, carry = restored
             resumed = done
+        elif jax.process_index() == 0:
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(marker, "w") as f:
+                f.write(seed_loop)
     if carry is None:
         state = init(keys)
         carry = Carry(state, empty_metrics(state))

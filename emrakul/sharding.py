@@ -70,8 +70,9 @@ def over_seeds(fn: Callable[..., Any], loop: str = "vmap", mesh: Mesh | None = N
         cheap, e.g. on an accelerator); XLA picks kernels by the batch shape, so a seed's floats
         can differ in the last bits with the number of seeds in the program or per device.
         ``"map"``: :func:`jax.lax.map`, every seed computed one after the other by the same
-        one-seed program, so a seed's results are bit-identical whatever other seeds run with
-        it, and sharded or not. With a ``mesh``, ``"map"`` runs under :func:`jax.shard_map`:
+        one-seed program, so a seed's results do not depend on which other seeds run with it,
+        or on sharding (bit-identical on XLA:CPU in ``tests/test_sharding.py``; XLA does not
+        promise it). With a ``mesh``, ``"map"`` runs under :func:`jax.shard_map`:
         each device maps the one-seed program over its own seeds (every argument and output
         leaf must then carry the seeds axis). ``"vmap"`` with a mesh is the plain ``vmap``;
         give ``jax.jit`` the :func:`seed_shardings`.

@@ -1,4 +1,4 @@
-"""A grid sweep: controllers x sparsities x seeds (seeds vmapped in one program per cell).
+"""A grid sweep: controllers x sparsities x seeds (seeds in one program per cell).
 
     python -m experiments.sweep --workdir /tmp/sweep \
         --controllers=dense,gmp,rigl --sparsities=0.9,0.95 --seeds=8
@@ -33,7 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _CONTROLLERS = flags.DEFINE_list("controllers", ["dense", "gmp", "rigl"], "Controllers.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.9", "0.95"], "Target sparsities.")
-_SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (vmapped).")
+_SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (one program; config.run.seed_loop).")
 
 FIELDS = ["controller", "sparsity", "seed", "test_accuracy", "test_loss", "final_sparsity",
           "flip_flops", "seconds"]  # fmt: skip

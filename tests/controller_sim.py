@@ -182,7 +182,9 @@ def spy_controller(env, **replace):
     base = action_controller(env.layout, env.r_max, env.l_max)
 
     def seen(observation):
-        return features.observe(observation, env.layout, env.r_max, env.l_max)
+        return features.observe(
+            observation, env.layout, env.r_max, env.l_max, getattr(env, "drop_features", ())
+        )
 
     def init(params, observation, key=None):
         return seen(observation)

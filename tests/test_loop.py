@@ -83,13 +83,24 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         run_controller(c, "gmp", seeds=1, workdir=str(tmp_path), chunk=2, progress=False)
 
 
-def test_map_seed_loop_reproduces_each_seed_run_alone():
+def test_map_seed_loop_reproduces_each_seed_run_alone(tmp_path, monkeypatch):
     """``seed_loop="map"`` runs every seed through the same one-seed program, so seed 1 of a
     2-seed run equals seed 1 run alone bit for bit (a vmapped run need not)."""
+    from emrakul import sharding as shd
+
+    loops = []
+    lift = shd.over_seeds
+    monkeypatch.setattr(shd, "over_seeds", lambda fn, loop="vmap", mesh=None: (
+        loops.append(loop), lift(fn, loop, mesh))[1])  # fmt: skip
     c = tiny_config()
-    pair = run_controller(c, "rigl", seeds=2, chunk=2, progress=False, seed_loop="map")
+    work = str(tmp_path)
+    pair = run_controller(c, "rigl", seeds=2, chunk=2, workdir=work, progress=False,
+                          seed_loop="map")  # fmt: skip
+    assert set(loops) == {"map"}
+    loops.clear()
     c.run.seed_loop = "map"  # the config field does the same
     alone = run_controller(c, "rigl", seeds=1, seed_offset=1, chunk=2, progress=False)
+    assert set(loops) == {"map"}
     for field in pair.metrics._fields:
         np.testing.assert_array_equal(
             getattr(pair.metrics, field)[1:], getattr(alone.metrics, field)
@@ -99,6 +110,13 @@ def test_map_seed_loop_reproduces_each_seed_run_alone():
     assert pair.compilations == 1
     with pytest.raises(ValueError, match="seed_loop must be one of"):
         run_controller(c, "rigl", seeds=1, progress=False, seed_loop="pmap")
+    # the map run's checkpoints are not resumed by a vmapped run (nor the other way round)
+    with pytest.raises(ValueError, match="written with seed_loop='map'"):
+        run_controller(c, "rigl", seeds=2, chunk=2, workdir=work, progress=False,
+                       seed_loop="vmap")  # fmt: skip
+    again = run_controller(c, "rigl", seeds=2, chunk=2, workdir=work, progress=False)
+    assert again.resumed_from > 0
+    np.testing.assert_array_equal(again.test["accuracy"], pair.test["accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,8 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``run.chunk``: surgery intervals per compiled chunk (progress and checkpoint granularity).
 * ``run.checkpoint``: save orbax checkpoints under ``WORKDIR/checkpoints`` and resume from them.
 * ``run.seed_loop``: ``"vmap"`` (seeds batched in one program) or ``"map"`` (one seed after the
-  other: each seed's results are bit-identical to that seed run alone, sharded or not; see
-  :func:`emrakul.sharding.over_seeds`).
+  other: each seed's results equal that seed run alone, sharded or not, bit for bit on
+  XLA:CPU; see :func:`emrakul.sharding.over_seeds`).
 """
 
 import ml_collections
