@@ -5,23 +5,23 @@ in a child process (this file run as a script) with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; the child writes a JSON report that the
 tests below read.
 
-Sharded and unsharded runs are *not* bit-identical in their floating-point values, and cannot be
-made so by the sharding code: XLA compiles a different per-device program for each. Unsharded, one
-CPU device runs the 8-seed batch (e.g. the hidden layer on the shared validation set is one ``[N,
-40] x [40, 8 * 32]`` matmul, and the loss one vectorised reduction over ``[8, B]``); sharded, each
-device runs the 1-seed program (``[N, 40] x [40, 32]``, a reduction over ``[1, B]``). The CPU
-kernels block and vectorise differently for the two shapes, so sums are associated in a different
-order and floats differ in the last bit. This is not specific to sharding: an unsharded sweep of 1
-or 2 seeds differs from one of 8 in the same way (measured on the default config, 1000 steps: 8
-seeds sharded over 8 devices reproduce seed 0 in a 1-seed vmapped sweep bit-for-bit, 8 seeds over 4
-devices reproduce a 2-seed unsharded sweep, and unsharded 4- and 8-seed sweeps agree with each other
-but not with those). Over 200 steps of this tiny config the differences compound to ~1e-7 absolute
-(a few ulp); everything discrete - the masks / lifecycle, sign-flip counters, dormancy ages, RNG
-keys, step counters, per-layer sparsity - and the test accuracies come out exactly equal, and the
-float leaves are asserted within ``rtol=1e-5, atol=1e-6`` (observed: <= 1e-6 absolute, <= 5e-7
-relative). In long runs a last-bit difference can flip a near-tie mask decision, after which the
-trajectories diverge (statistically equivalent, not identical; ``benchmarks/sharded_sweep.py`` shows
-both regimes).
+With the default ``seed_loop="vmap"``, sharded and unsharded runs are *not* bit-identical in their
+floating-point values, and the sharding code cannot make them so: XLA compiles a different
+per-device program for each. Unsharded, one CPU device runs the 8-seed batch (e.g. the hidden layer
+on the shared validation set is one ``[N, 40] x [40, 8 * 32]`` matmul, and the loss one vectorised
+reduction over ``[8, B]``); sharded, each device runs the 1-seed program (``[N, 40] x [40, 32]``, a
+reduction over ``[1, B]``). The CPU kernels block and vectorise differently for the two shapes, so
+sums are associated in a different order and floats differ in the last bit. This is not specific to
+sharding: an unsharded sweep of 1 or 2 seeds differs from one of 8 in the same way (measured on the
+default config, 1000 steps: 8 seeds sharded over 8 devices reproduce seed 0 in a 1-seed vmapped
+sweep bit-for-bit, 8 seeds over 4 devices reproduce a 2-seed unsharded sweep, and unsharded 4- and
+8-seed sweeps agree with each other but not with those). Over 200 steps of this tiny config the
+differences compound to ~1e-7 absolute (a few ulp); everything discrete - the masks / lifecycle,
+sign-flip counters, dormancy ages, RNG keys, step counters, per-layer sparsity - and the test
+accuracies come out exactly equal, and the float leaves are asserted within ``rtol=1e-5, atol=1e-6``
+(observed: <= 1e-6 absolute, <= 5e-7 relative). In long runs a last-bit difference can flip a
+near-tie mask decision, after which the trajectories diverge (statistically equivalent, not
+identical; ``benchmarks/sharded_sweep.py`` shows both regimes).
 
 ``seed_loop="map"`` (:func:`emrakul.sharding.over_seeds`) removes the batch-shape dependence:
 every seed runs the same one-seed program (``lax.map`` unsharded; ``shard_map`` of it sharded),
