@@ -125,31 +125,28 @@ def run_controller(
     def run_seeds(state, size):
         return lift(lambda s: trainer.run(s, size))(state)
 
-    init = jax.jit(lift(trainer.init))
-    run = jax.jit(run_seeds, static_argnums=1)
+    init_seeds = lift(trainer.init)
     test = jax.jit(lift(lambda s: trainer.evaluate(s, "test")))
 
     def empty_metrics(state):
         one = jax.eval_shape(lambda s: trainer.run(s, 1)[1], jax.tree.map(lambda x: x[0], state))
         return jax.tree.map(lambda x: jnp.zeros((seeds, n, *x.shape[1:]), x.dtype), one)
 
-    abstract = jax.eval_shape(lambda k: Carry(init(k), empty_metrics(init(k))), keys)
+    abstract = jax.eval_shape(lambda k: Carry(init_seeds(k), empty_metrics(init_seeds(k))), keys)
+    init_sh, run_sh = {}, {}
     if mesh is not None:  # every leaf has a leading seeds axis: split it over the devices
         state_sh, metrics_sh = (shd.seed_shardings(x, mesh, seeds) for x in abstract)
         keys = shd.shard_seeds(keys, mesh, seeds)
-        init = jax.jit(lift(trainer.init), out_shardings=state_sh)
-        run = jax.jit(
-            run_seeds,
-            static_argnums=1,
-            in_shardings=(state_sh,),
-            out_shardings=(state_sh, metrics_sh),
-        )
+        init_sh = {"out_shardings": state_sh}
+        run_sh = {"in_shardings": (state_sh,), "out_shardings": (state_sh, metrics_sh)}
         abstract = shd.abstract_sharded(abstract, mesh, seeds)
     else:  # restore onto the default device, whichever devices saved the checkpoint
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
         )
+    init = jax.jit(init_seeds, **init_sh)
+    run = jax.jit(run_seeds, static_argnums=1, **run_sh)
     ckpt = None
     resumed, done = 0, 0
     carry = None

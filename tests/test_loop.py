@@ -90,8 +90,12 @@ def test_map_seed_loop_reproduces_each_seed_run_alone(tmp_path, monkeypatch):
 
     loops = []
     lift = shd.over_seeds
-    monkeypatch.setattr(shd, "over_seeds", lambda fn, loop="vmap", mesh=None: (
-        loops.append(loop), lift(fn, loop, mesh))[1])  # fmt: skip
+
+    def spy(fn, loop="vmap", mesh=None):
+        loops.append(loop)
+        return lift(fn, loop, mesh)
+
+    monkeypatch.setattr(shd, "over_seeds", spy)
     c = tiny_config()
     work = str(tmp_path)
     pair = run_controller(c, "rigl", seeds=2, chunk=2, workdir=work, progress=False,
