@@ -30,6 +30,33 @@ def interleaved_medians(
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
+def cold_medians(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int = 30,
+    warmup: int = 2,
+    flush_mb: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median seconds per *cold* call: before every timed call a ``flush_mb`` MB buffer is
+    written (evicting the caches, and leaving the runtime's worker threads idle for a few
+    milliseconds), and the order of the candidates is shuffled every round, so that no candidate
+    always follows the same one."""
+    buf = np.ones(flush_mb * (1 << 20) // 4, np.float32)
+    rng = np.random.default_rng(seed)
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for i in rng.permutation(len(names)):
+            buf[::16] += 1.0  # one write per 64-byte cache line
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[names[i]]())
+            times[names[i]].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -1,7 +1,7 @@
 """Real savings of a pruned MLP: compacted vs masked-dense inference, and sparse checkpoint sizes.
 
 Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--serve 64]
-[--burst 50]``
+[--burst 50] [--cold 100]``
 
 1. Inference. An MLP ``784-1024-1024-10`` (1.86 M weights, 7.4 MB float32: large enough that
    the matmuls dominate a jitted forward pass at batch 256) with whole hidden units dead
@@ -20,7 +20,10 @@ Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--ser
    each result awaited before the next call (times per request): a model serving a stream of
    single requests. The plain batch-1 row interleaves single calls of the three models, so
    every call starts with the other models' weights in the cache (and the compact model's
-   after the 7.4 MB dense one's): a cold, isolated request.
+   after the 7.4 MB dense one's): an isolated request. ``--cold R`` adds a fourth: R rounds of
+   single calls, each made right after writing a 64 MB buffer (caches evicted, the runtime's
+   worker threads idle), the three models in a new random order every round; a trivial jitted
+   function timed the same way gives the floor that every cold call pays whatever the model.
 2. Checkpoint size on disk (sum of file sizes) of a ``784-512-512-10`` MLP with random weights:
    the dense params (orbax ``StandardCheckpointer``), :func:`emrakul.export.save` at 95%
    unstructured sparsity and with 2:4 masks (groups along the input axis), and, for reference,
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from benchmarks._timing import interleaved_medians, markdown_table
+from benchmarks._timing import cold_medians, interleaved_medians, markdown_table
 from emrakul import export, hosts
 from emrakul import masks as msk
 from emrakul.masks import nm_mask
@@ -90,6 +93,7 @@ def time_inference(
     rounds: int,
     serve: int,
     burst: int = 0,
+    cold: int = 0,
 ):
     model = hosts.MLP(features=widths, num_classes=10)
     rng = np.random.default_rng(0)
@@ -109,6 +113,8 @@ def time_inference(
         small = export.compact_model(model, c)
         apply_small = jax.jit(small.apply)
         cases = [(b, apply, apply_masked, apply_small, 1, str(b)) for b in batches]
+        if cold:  # single batch-1 calls, each after a cache flush, in shuffled order
+            cases.append((1, apply, apply_masked, apply_small, 1, "1 (cold: cache flushed)"))
         if burst:  # a stream of batch-1 requests, one jitted call each, each awaited
             fns = (_burst(apply, burst), _burst(apply_masked, burst), _burst(apply_small, burst))
             cases.append((1, *fns, burst, f"1 ({burst} calls back to back)"))
@@ -121,15 +127,15 @@ def time_inference(
             got = f_small({"params": c.params}, x)
             err = float(jnp.max(jnp.abs(want - got)))
             assert err < 1e-3, err
-            med = interleaved_medians(
-                {
-                    "dense": lambda x=x, pre=pre, f=f_dense: f({"params": pre}, x),
-                    "on_the_fly": lambda x=x, m=masks, f=f_masked: f(params, m, x),
-                    "compact": lambda x=x, c=c, f=f_small: f({"params": c.params}, x),
-                },
-                rounds=rounds,
-                warmup=2,
-            )
+            candidates = {
+                "dense": lambda x=x, pre=pre, f=f_dense: f({"params": pre}, x),
+                "on_the_fly": lambda x=x, m=masks, f=f_masked: f(params, m, x),
+                "compact": lambda x=x, c=c, f=f_small: f({"params": c.params}, x),
+            }
+            if label.startswith("1 (cold"):
+                med = cold_medians(candidates, rounds=cold, warmup=2)
+            else:
+                med = interleaved_medians(candidates, rounds=rounds, warmup=2)
             med = {k: v / per_call for k, v in med.items()}  # seconds per request
             rows.append(
                 [
@@ -160,6 +166,11 @@ def time_inference(
     dims = "-".join(str(w) for w in (784, *widths, 10))
     print(f"\nMLP {dims} ({n_weights / 1e6:.2f} M weights), jitted, medians of {rounds} rounds")
     print(markdown_table(header, rows))
+    if cold:  # the floor of a cold call: a trivial jitted function, timed the same way
+        x = jnp.zeros((1, 784), jnp.float32)
+        trivial = jax.jit(lambda x: x + 1.0)
+        med = cold_medians({"trivial": lambda: trivial(x)}, rounds=cold, warmup=2)
+        print(f"a trivial jitted call (x + 1 on one request), cold: {med['trivial'] * 1e3:.3f} ms")
 
 
 def checkpoint_sizes() -> None:
@@ -225,6 +236,13 @@ def main() -> None:
         default=50,
         help="also time batch-1 requests made this many jitted calls back to back; 0: off",
     )
+    parser.add_argument(
+        "--cold",
+        type=int,
+        default=100,
+        help="also time this many rounds of cold batch-1 calls (cache flushed before each, "
+        "order shuffled); 0: off",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
@@ -237,6 +255,7 @@ def main() -> None:
             args.rounds,
             args.serve,
             args.burst,
+            args.cold,
         )
     checkpoint_sizes()
 
