@@ -47,6 +47,8 @@ from emrakul import export, hosts
 from emrakul import masks as msk
 from emrakul.masks import nm_mask
 
+COLD = "1 (cold: cache flushed)"
+
 
 def unit_masks(params: dict, sparsity: float, rng: np.random.Generator) -> dict:
     """Masks with exactly ``round(sparsity * width)`` dead output units per hidden layer."""
@@ -94,7 +96,19 @@ def time_inference(
     serve: int,
     burst: int = 0,
     cold: int = 0,
-):
+) -> None:
+    """Times the masked dense, mask-on-the-fly and compacted MLPs and prints one table.
+
+    Args:
+      widths: hidden widths of the dense MLP.
+      sparsities: unit sparsities of the hidden layers (one compacted model each).
+      batches: batch sizes timed as one jitted call each (interleaved rounds).
+      rounds: interleaved rounds per case.
+      serve: batch-1 requests served per jitted call (``lax.map``); 0: off.
+      burst: batch-1 requests made as this many awaited jitted calls back to back; 0: off.
+      cold: rounds of cold batch-1 calls (``cold_medians``, with a trivial jitted function
+        timed in the same rounds as the floor of a cold call); 0: off.
+    """
     model = hosts.MLP(features=widths, num_classes=10)
     rng = np.random.default_rng(0)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
@@ -105,6 +119,8 @@ def time_inference(
     masked = lambda p, m, x: model.apply({"params": msk.apply(p, m)}, x)
     apply_masked = jax.jit(masked)
     serve_dense, serve_masked = _served(model.apply), _served(masked)
+    trivial = jax.jit(lambda x: x + 1.0)
+    floors = []  # cold time of the trivial function, per cold case
     rows = []
     for s in sparsities:
         masks = unit_masks(params, s, rng)
@@ -114,7 +130,7 @@ def time_inference(
         apply_small = jax.jit(small.apply)
         cases = [(b, apply, apply_masked, apply_small, 1, str(b)) for b in batches]
         if cold:  # single batch-1 calls, each after a cache flush, in shuffled order
-            cases.append((1, apply, apply_masked, apply_small, 1, "1 (cold: cache flushed)"))
+            cases.append((1, apply, apply_masked, apply_small, 1, COLD))
         if burst:  # a stream of batch-1 requests, one jitted call each, each awaited
             fns = (_burst(apply, burst), _burst(apply_masked, burst), _burst(apply_small, burst))
             cases.append((1, *fns, burst, f"1 ({burst} calls back to back)"))
@@ -132,8 +148,10 @@ def time_inference(
                 "on_the_fly": lambda x=x, m=masks, f=f_masked: f(params, m, x),
                 "compact": lambda x=x, c=c, f=f_small: f({"params": c.params}, x),
             }
-            if label.startswith("1 (cold"):
+            if label is COLD:  # with the floor of a cold call, timed in the same rounds
+                candidates["trivial"] = lambda x=x: trivial(x)
                 med = cold_medians(candidates, rounds=cold, warmup=2)
+                floors.append(f"{s:.0%}: {med['trivial'] * 1e3:.3f} ms")
             else:
                 med = interleaved_medians(candidates, rounds=rounds, warmup=2)
             med = {k: v / per_call for k, v in med.items()}  # seconds per request
@@ -164,13 +182,15 @@ def time_inference(
     ]
     n_weights = sum(a * b for a, b in zip((784, *widths), (*widths, 10), strict=True))
     dims = "-".join(str(w) for w in (784, *widths, 10))
-    print(f"\nMLP {dims} ({n_weights / 1e6:.2f} M weights), jitted, medians of {rounds} rounds")
+    print(
+        f"\nMLP {dims} ({n_weights / 1e6:.2f} M weights), jitted, medians of {rounds} rounds"
+        + (f" ({cold} for the cold rows)" if cold else "")
+    )
     print(markdown_table(header, rows))
-    if cold:  # the floor of a cold call: a trivial jitted function, timed the same way
-        x = jnp.zeros((1, 784), jnp.float32)
-        trivial = jax.jit(lambda x: x + 1.0)
-        med = cold_medians({"trivial": lambda: trivial(x)}, rounds=cold, warmup=2)
-        print(f"a trivial jitted call (x + 1 on one request), cold: {med['trivial'] * 1e3:.3f} ms")
+    if cold:
+        print(
+            "a trivial jitted call (x + 1 on one request), cold, same rounds: " + ", ".join(floors)
+        )
 
 
 def checkpoint_sizes() -> None:

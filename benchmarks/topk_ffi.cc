@@ -1,14 +1,19 @@
 // Exact top-k mask of each row by radix select on the floats' ordered integer keys, as an
 // XLA FFI custom call for the CPU (a prototype timed by benchmarks/topk_ffi.py, not library code).
 //
-// For every row of x ([rows, n], float32, already sanitised: no NaN, no -0.0, no denormals) keep
-// exactly k[row] entries, the k largest, ties at the threshold broken by the lower index (the
-// contract of emrakul.masks.topk_mask). Three passes over the row: (1) a histogram of the top
-// 11 key bits, (2) the keys of the one bucket that holds the k-th largest are gathered, and
-// std::nth_element finds the threshold among them, (3) the mask is written.
+// Inputs: x, float32 [..., n], already sanitised by the caller (no NaN, no -0.0, no denormals:
+// emrakul.masks.topk._as_float); k, int32 with one count per row (the product of x's leading
+// dimensions), clipped into [0, n]. Output: bool, x's shape. For every row exactly k entries are
+// kept, the k largest, ties at the threshold broken by the lower index (the contract of
+// emrakul.masks.topk_mask). Three passes over the row: (1) a histogram of the top 11 key bits,
+// (2) the keys of the one bucket holding the k-th largest are gathered and std::nth_element
+// finds the threshold among them, (3) the mask is written (after a scan for the index at which
+// the kept ties end, so that the writing loop has no loop-carried state and vectorises).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -35,7 +40,7 @@ static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
   constexpr int kShift = 32 - kBits;
   // Four interleaved histograms: consecutive increments of one bin would otherwise wait on
   // each other's stores.
-  static thread_local uint32_t sub[4][1 << kBits];
+  static thread_local int64_t sub[4][1 << kBits];
   std::memset(sub, 0, sizeof sub);
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -45,23 +50,20 @@ static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
     sub[3][OrderedKey(x[i + 3]) >> kShift]++;
   }
   for (; i < n; ++i) sub[0][OrderedKey(x[i]) >> kShift]++;
-  uint32_t hist[1 << kBits];
-  for (int j = 0; j < (1 << kBits); ++j) hist[j] = sub[0][j] + sub[1][j] + sub[2][j] + sub[3][j];
-  int64_t above = 0;  // entries in buckets above the chosen one
+  int64_t above = 0;  // entries in the buckets above bucket b
   int b = (1 << kBits) - 1;
-  for (; b > 0; --b) {
-    if (above + hist[b] >= static_cast<uint64_t>(k)) break;
-    above += hist[b];
+  int64_t size = 0;
+  for (; b >= 0; --b) {
+    size = sub[0][b] + sub[1][b] + sub[2][b] + sub[3][b];
+    if (above + size >= k) break;
+    above += size;
   }
-  bucket.resize(hist[b] + 1);
-  uint32_t* dst = bucket.data();
-  int64_t m = 0;
-  for (int64_t j = 0; j < n; ++j) {  // branch-free gather of the bucket's keys
-    uint32_t key = OrderedKey(x[j]);
-    dst[m] = key;
-    m += (key >> kShift) == static_cast<uint32_t>(b);
+  bucket.clear();
+  bucket.reserve(size);
+  for (int64_t j = 0; j < n; ++j) {  // few entries hit: the branch is well predicted
+    const uint32_t key = OrderedKey(x[j]);
+    if ((key >> kShift) == static_cast<uint32_t>(b)) bucket.push_back(key);
   }
-  bucket.resize(m);
   const int64_t need = k - above;  // how many of the bucket's keys are kept (1..size)
   std::nth_element(bucket.begin(), bucket.begin() + (need - 1), bucket.end(),
                    std::greater<uint32_t>());
@@ -69,26 +71,30 @@ static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
   int64_t greater = 0;  // bucket keys strictly above the threshold
   for (uint32_t key : bucket) greater += key > thr;
   int64_t ties = need - greater;  // entries equal to the threshold to keep, lowest index first
+  int64_t cut = 0;                // the kept ties are those at indices < cut
+  for (; cut < n && ties > 0; ++cut) ties -= OrderedKey(x[cut]) == thr;
   for (int64_t j = 0; j < n; ++j) {
-    uint32_t key = OrderedKey(x[j]);
-    bool tie = key == thr;
-    bool keep = (key > thr) | (tie & (ties > 0));
-    ties -= tie & (ties > 0);
-    out[j] = keep;
+    const uint32_t key = OrderedKey(x[j]);
+    out[j] = (key > thr) | ((key == thr) & (j < cut));
   }
 }
 
+// x: float32 [..., n]; k: int32, one count per row; out: bool, x's shape.
 static ffi::Error TopkMaskImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
                                ffi::ResultBuffer<ffi::PRED> out) {
   auto dims = x.dimensions();
   if (dims.size() == 0) return ffi::Error::InvalidArgument("x must have at least one axis");
   const int64_t n = dims.back();
-  const int64_t rows = n == 0 ? 0 : static_cast<int64_t>(x.element_count()) / n;
+  if (n > std::numeric_limits<int32_t>::max())
+    return ffi::Error::InvalidArgument("rows longer than 2**31 - 1 are not supported");
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < dims.size(); ++d) rows *= dims[d];
   if (static_cast<int64_t>(k.element_count()) != rows)
     return ffi::Error::InvalidArgument("k must hold one count per row");
   std::vector<uint32_t> bucket;
-  for (int64_t r = 0; r < rows; ++r) {
-    SelectRow(x.typed_data() + r * n, n, k.typed_data()[r], out->typed_data() + r * n, bucket);
+  for (int64_t r = 0; r < rows && n > 0; ++r) {
+    const int64_t kr = std::clamp<int64_t>(k.typed_data()[r], 0, n);
+    SelectRow(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, bucket);
   }
   return ffi::Error::Success();
 }
