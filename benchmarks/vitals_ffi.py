@@ -1,0 +1,195 @@
+"""Would a fused CPU kernel bring the vital signs under the foundation issue's 1.05x? A prototype.
+
+XLA:CPU computes :func:`emrakul.vitals.update` as one loop per output array, each re-reading
+the gradient. ``benchmarks/vitals_ffi.cc`` does one leaf's update in a single fused,
+vectorised pass (OpenMP, two threads) as an XLA FFI custom call that updates the state in place.
+This script compiles it with the system's C++ compiler, checks it against ``vitals.update``
+(three steps with masks, a zero-gradient leaf and a NaN leaf: EMAs within float rounding, signs,
+ages, debias, counts exactly equal), then times, interleaved in one process, the train steps of
+``benchmarks.step_overhead`` (MLP 784-512-512-10, Adam, batch 256) with the XLA update and with
+the kernel. It is a benchmark, not library code: nothing in ``emrakul`` uses it.
+
+Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--cxx g++]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks._timing import interleaved_medians, markdown_table
+from benchmarks.step_overhead import MLP, SPARSITY
+from emrakul import masks as msk
+from emrakul import vitals
+from emrakul.vitals.state import VitalsState
+
+TARGET = "emrakul_vitals_leaf_prototype"
+
+
+def build(cxx: str, out_dir: str) -> str:
+    """Compiles ``vitals_ffi.cc`` into a shared library and returns its path."""
+    if shutil.which(cxx) is None:
+        raise SystemExit(f"no C++ compiler {cxx!r} on PATH (pass --cxx)")
+    src = os.path.join(os.path.dirname(__file__), "vitals_ffi.cc")
+    lib = os.path.join(out_dir, "libvitals_ffi.so")
+    cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-Wall"]
+    subprocess.run([*cmd, "-isystem", jax.ffi.include_dir(), src, "-o", lib], check=True)
+    return lib
+
+
+def ffi_update(state: VitalsState, params, grads, masks=None, decay: float = 0.99) -> VitalsState:
+    """``vitals.update`` (default thresholds, float32 leaves) with the kernel, leaf by leaf."""
+    leaves = jax.tree_util.tree_leaves
+    treedef = jax.tree_util.tree_structure(params)
+    mask_leaves = [None] * treedef.num_leaves if masks is None else leaves(masks)
+    scalars = [jnp.asarray(x, jnp.float32) for x in (decay, 1e-8, 1e-8)]
+    outs = []
+    for m, v, fr, last, age, debias, w, g, mask in zip(
+        leaves(state.grad_mean),
+        leaves(state.grad_sq),
+        leaves(state.flip_rate),
+        leaves(state.last_sign),
+        leaves(state.age),
+        leaves(state.debias),
+        leaves(params),
+        leaves(grads),
+        mask_leaves,
+        strict=True,
+    ):
+        mask = jnp.broadcast_to(jnp.asarray(True if mask is None else mask), w.shape)
+        shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (m, v, fr, last, age)]
+        call = jax.ffi.ffi_call(
+            TARGET,
+            (*shapes, jax.ShapeDtypeStruct((), jnp.bool_)),
+            input_output_aliases={3: 0, 4: 1, 5: 2, 6: 3, 7: 4},
+        )
+        *new, finite = call(g, w, mask, m, v, fr, last, age, *scalars)
+        outs.append((*new, jnp.where(finite, debias * scalars[0], debias), finite))
+    fields = [treedef.unflatten([o[i] for o in outs]) for i in range(6)]
+    skipped = sum((~o[6]).astype(jnp.int32) for o in outs)
+    return VitalsState(*fields, count=state.count + 1, nonfinite=state.nonfinite + skipped)
+
+
+def check() -> list[str]:
+    """Fields on which the kernel differs from ``vitals.update`` over three steps."""
+    rng = np.random.default_rng(0)
+    params = {
+        "a": jnp.asarray(rng.normal(size=(300, 70)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(70,)), jnp.float32),
+        "z": jnp.asarray(rng.normal(size=(33,)), jnp.float32),
+    }
+    masks = {"a": jnp.asarray(rng.random((300, 70)) < 0.3), "b": True, "z": True}
+    want = got = vitals.init(params)
+    ours, proto = jax.jit(vitals.update), jax.jit(ffi_update)
+    for step in range(3):
+        grads = {k: jnp.asarray(rng.normal(size=p.shape), jnp.float32) for k, p in params.items()}
+        grads["a"] = jnp.where(rng.random((300, 70)) < 0.2, 0.0, grads["a"])  # zero gradients
+        grads["z"] = jnp.zeros(33) if step == 1 else grads["z"].at[5].set(jnp.nan)  # NaN leaf
+        want = ours(want, params, grads, masks)
+        got = proto(got, params, grads, masks)
+    bad = []
+    for name in VitalsState._fields:
+        a, b = getattr(want, name), getattr(got, name)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            x, y = np.asarray(x), np.asarray(y)
+            same = (
+                np.allclose(x, y, rtol=1e-5, atol=1e-7) if x.dtype.kind == "f" else (x == y).all()
+            )
+            if not same:
+                bad.append(name)
+    return bad
+
+
+def main() -> None:
+    """Checks the kernel, then times the steps and prints ratios to the dense step."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cxx", default="g++")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = ctypes.cdll.LoadLibrary(build(args.cxx, tmp))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.EmrakulVitalsLeaf), platform="cpu")
+    bad = check()
+    print(f"fields that differ from vitals.update after 3 steps: {bad or 'none'}")
+
+    model, key = MLP(), jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (256, 784))
+    y = jax.random.randint(key, (256,), 0, 10)
+    params = model.init(key, x)["params"]
+    tx = optax.adam(1e-3)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def dense(p, o):
+        u, o = tx.update(jax.grad(loss_fn)(p), o, p)
+        return optax.apply_updates(p, u), o
+
+    def with_vitals(update):
+        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+        def step(p, o, v, m):
+            g = jax.grad(loss_fn)(msk.apply(p, m))
+            v = update(v, p, g, m)
+            u, o = tx.update(g, o, p)
+            return optax.apply_updates(p, u), o, v
+
+        return step
+
+    masks = msk.map_pruned(
+        lambda m, w: msk.select(jnp.abs(w), msk.Unstructured(), SPARSITY), msk.init(params), params
+    )
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    steps = {
+        "dense": (dense, [copy(params), tx.init(params)], 2),
+        "vitals+masks (XLA)": (
+            with_vitals(vitals.update),
+            [copy(params), tx.init(params), vitals.init(params), masks],
+            3,
+        ),
+        "vitals+masks (C++ kernel)": (
+            with_vitals(ffi_update),
+            [copy(params), tx.init(params), vitals.init(params), masks],
+            3,
+        ),
+    }
+
+    def runner(name):
+        fn, state, n_carry = steps[name]
+
+        def call():
+            out = fn(*state)
+            state[:n_carry] = out
+            return out
+
+        return call
+
+    results = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        med = interleaved_medians({name: runner(name) for name in steps}, rounds=args.rounds)
+        for name in steps:
+            results[name].append(med[name])
+    rows = []
+    for name in steps:
+        ratios = [r / d for r, d in zip(results[name], results["dense"], strict=True)]
+        rows.append([name, f"{np.median(results[name]) * 1e3:.3f}", f"{np.median(ratios):.3f}"])
+    print(f"\nmedians of {args.repeats} x {args.rounds} interleaved rounds")
+    print(markdown_table(["step", "ms", "ratio to dense"], rows))
+    if bad:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
