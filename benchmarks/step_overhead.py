@@ -60,17 +60,27 @@ def rigl_masks(masks, params, grads, drop_fraction):
     return msk.map_pruned(one, masks, params, grads)
 
 
-def build(batch: int):
+def problem(batch: int):
+    """The issue's problem: ``(loss_fn, params, tx, masks)`` for the MLP on one fixed batch of
+    random data, Adam, and kernel masks at ``SPARSITY`` (magnitude)."""
     model = MLP()
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (batch, 784))
     y = jax.random.randint(key, (batch,), 0, 10)
     params = model.init(key, x)["params"]
-    tx = optax.adam(1e-3)
 
     def loss_fn(p):
         logits = model.apply({"params": p}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    masks = msk.map_pruned(
+        lambda m, w: msk.select(jnp.abs(w), msk.Unstructured(), SPARSITY), msk.init(params), params
+    )
+    return loss_fn, params, optax.adam(1e-3), masks
+
+
+def build(batch: int):
+    loss_fn, params, tx, masks = problem(batch)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def dense(p, o):
@@ -106,9 +116,6 @@ def build(batch: int):
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, v, m
 
-    masks = msk.map_pruned(
-        lambda m, w: msk.select(jnp.abs(w), msk.Unstructured(), SPARSITY), msk.init(params), params
-    )
     steps = {
         "dense": dense,
         "masks": masks_only,

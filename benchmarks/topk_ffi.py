@@ -16,32 +16,17 @@ Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--cxx g++]``
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._ffi import build_and_register
 from benchmarks._timing import interleaved_medians, markdown_table
 from emrakul.masks import topk as tk
 from emrakul.masks import topk_mask
 
 TARGET = "emrakul_topk_mask_prototype"
-
-
-def build(cxx: str, out_dir: str) -> str:
-    """Compiles ``topk_ffi.cc`` into a shared library and returns its path."""
-    if shutil.which(cxx) is None:
-        raise SystemExit(f"no C++ compiler {cxx!r} on PATH (pass --cxx)")
-    src = os.path.join(os.path.dirname(__file__), "topk_ffi.cc")
-    lib = os.path.join(out_dir, "libtopk_ffi.so")
-    cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wall"]
-    subprocess.run([*cmd, "-isystem", jax.ffi.include_dir(), src, "-o", lib], check=True)
-    return lib
 
 
 def ffi_rows(x: jax.Array, k: jax.Array) -> jax.Array:
@@ -105,9 +90,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        lib = ctypes.cdll.LoadLibrary(build(args.cxx, tmp))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.EmrakulTopkMask), platform="cpu")
+    build_and_register("topk_ffi.cc", "EmrakulTopkMask", TARGET, args.cxx)
     bad = check()
     print(f"masks that differ from topk_mask: {bad} of 401 checks (400 random inputs, 1 multi-row)")
     rng = np.random.default_rng(1)

@@ -15,36 +15,21 @@ Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--cxx g++]``
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
-import os
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks._ffi import build_and_register
 from benchmarks._timing import interleaved_medians, markdown_table
-from benchmarks.step_overhead import MLP, SPARSITY
+from benchmarks.step_overhead import problem
 from emrakul import masks as msk
 from emrakul import vitals
 from emrakul.vitals.state import VitalsState
 
 TARGET = "emrakul_vitals_leaf_prototype"
-
-
-def build(cxx: str, out_dir: str) -> str:
-    """Compiles ``vitals_ffi.cc`` into a shared library and returns its path."""
-    if shutil.which(cxx) is None:
-        raise SystemExit(f"no C++ compiler {cxx!r} on PATH (pass --cxx)")
-    src = os.path.join(os.path.dirname(__file__), "vitals_ffi.cc")
-    lib = os.path.join(out_dir, "libvitals_ffi.so")
-    cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-Wall"]
-    subprocess.run([*cmd, "-isystem", jax.ffi.include_dir(), src, "-o", lib], check=True)
-    return lib
 
 
 def ffi_update(state: VitalsState, params, grads, masks=None, decay: float = 0.99) -> VitalsState:
@@ -117,21 +102,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        lib = ctypes.cdll.LoadLibrary(build(args.cxx, tmp))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.EmrakulVitalsLeaf), platform="cpu")
+    build_and_register("vitals_ffi.cc", "EmrakulVitalsLeaf", TARGET, args.cxx, openmp=True)
     bad = check()
     print(f"fields that differ from vitals.update after 3 steps: {bad or 'none'}")
 
-    model, key = MLP(), jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (256, 784))
-    y = jax.random.randint(key, (256,), 0, 10)
-    params = model.init(key, x)["params"]
-    tx = optax.adam(1e-3)
-
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss_fn, params, tx, masks = problem(256)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def dense(p, o):
@@ -148,9 +123,6 @@ def main() -> None:
 
         return step
 
-    masks = msk.map_pruned(
-        lambda m, w: msk.select(jnp.abs(w), msk.Unstructured(), SPARSITY), msk.init(params), params
-    )
     copy = lambda t: jax.tree.map(jnp.copy, t)
     steps = {
         "dense": (dense, [copy(params), tx.init(params)], 2),
