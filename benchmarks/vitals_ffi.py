@@ -72,14 +72,18 @@ def check() -> list[str]:
         "a": jnp.asarray(rng.normal(size=(300, 70)), jnp.float32),
         "b": jnp.asarray(rng.normal(size=(70,)), jnp.float32),
         "z": jnp.asarray(rng.normal(size=(33,)), jnp.float32),
+        "s": jnp.asarray(rng.normal(size=(40,)), jnp.float32),  # ages saturate here
     }
-    masks = {"a": jnp.asarray(rng.random((300, 70)) < 0.3), "b": True, "z": True}
-    want = got = vitals.init(params)
+    masks = {"a": jnp.asarray(rng.random((300, 70)) < 0.3), "b": True, "z": True, "s": True}
+    start = vitals.init(params)
+    start = start._replace(age={**start.age, "s": jnp.full((40,), 65533, jnp.uint16)})
+    want = got = start
     ours, proto = jax.jit(vitals.update), jax.jit(ffi_update)
     for step in range(3):
         grads = {k: jnp.asarray(rng.normal(size=p.shape), jnp.float32) for k, p in params.items()}
         grads["a"] = jnp.where(rng.random((300, 70)) < 0.2, 0.0, grads["a"])  # zero gradients
         grads["z"] = jnp.zeros(33) if step == 1 else grads["z"].at[5].set(jnp.nan)  # NaN leaf
+        grads["s"] = jnp.zeros(40)  # inert: the age counts up to 65535 and stays there
         want = ours(want, params, grads, masks)
         got = proto(got, params, grads, masks)
     bad = []
