@@ -9,13 +9,18 @@ ages, debias, counts exactly equal), then times, interleaved in one process, the
 ``benchmarks.step_overhead`` (MLP 784-512-512-10, Adam, batch 256) with the XLA update and with
 the kernel. It is a benchmark, not library code: nothing in ``emrakul`` uses it.
 
-Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--cxx g++]``
+Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--block 1] [--trace 0]
+[--cxx g++]``. ``--block K`` times K consecutive steps of one variant per round (a training
+loop's steady state) instead of one; ``--trace N`` then profiles N consecutive steps of each
+variant with ``jax.profiler`` and prints the mean time per step of the custom calls and of
+XLA's biggest operations.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +108,8 @@ def main() -> None:
     """Checks the kernel, then times the steps and prints ratios to the dense step."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--block", type=int, default=1, help="consecutive steps per round")
+    parser.add_argument("--trace", type=int, default=0, help="profile this many steps; 0: off")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
@@ -154,17 +161,60 @@ def main() -> None:
 
     results = {name: [] for name in steps}
     for _ in range(args.repeats):
-        med = interleaved_medians({name: runner(name) for name in steps}, rounds=args.rounds)
+        med = interleaved_medians(
+            {name: _block(runner(name), args.block) for name in steps}, rounds=args.rounds
+        )
+        med = {name: t / args.block for name, t in med.items()}
         for name in steps:
             results[name].append(med[name])
     rows = []
     for name in steps:
         ratios = [r / d for r, d in zip(results[name], results["dense"], strict=True)]
         rows.append([name, f"{np.median(results[name]) * 1e3:.3f}", f"{np.median(ratios):.3f}"])
-    print(f"\nmedians of {args.repeats} x {args.rounds} interleaved rounds")
+    print(f"\nmedians of {args.repeats} x {args.rounds} interleaved rounds of {args.block} step(s)")
     print(markdown_table(["step", "ms", "ratio to dense"], rows))
+    for name in list(steps)[1:] if args.trace else []:
+        print(f"\n{name}: mean us per step over {args.trace} traced steps")
+        for op, us in _trace(runner(name), args.trace)[:8]:
+            print(f"  {us:8.1f}  {op}")
     if bad:
         raise SystemExit(1)
+
+
+def _block(fn, k: int):
+    """``fn`` called ``k`` times back to back, each call awaited."""
+
+    def run():
+        for _ in range(k):
+            out = jax.block_until_ready(fn())
+        return out
+
+    return run
+
+
+def _trace(fn, steps: int) -> list[tuple[str, float]]:
+    """Mean microseconds per step of each XLA operation over ``steps`` profiled calls."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(steps):
+                jax.block_until_ready(fn())
+        (path,) = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    total = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and (
+            "ffi_call" in name or "fusion" in name or name.startswith(("dot", "copy"))
+        ):
+            total[name] += e["dur"] / steps
+    return total.most_common()
 
 
 if __name__ == "__main__":
