@@ -58,6 +58,21 @@ def cold_medians(
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
+def back_to_back(fn: Callable[..., object], k: int) -> Callable[..., object]:
+    """``fn`` called ``k`` times in a row, each result awaited before the next call (one timed
+    round of a stream of requests, or of a training loop's consecutive steps; no pipelining of
+    asynchronous dispatches). Returns the last result."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+    def run(*args):
+        for _ in range(k):
+            out = jax.block_until_ready(fn(*args))
+        return out
+
+    return run
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

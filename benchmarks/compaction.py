@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from benchmarks._timing import cold_medians, interleaved_medians, markdown_table
+from benchmarks._timing import back_to_back, cold_medians, interleaved_medians, markdown_table
 from emrakul import export, hosts
 from emrakul import masks as msk
 from emrakul.masks import nm_mask
@@ -71,21 +71,6 @@ def _served(apply_fn):
         return jax.lax.map(lambda x: apply_fn(*head, x[None])[0], xs)
 
     return jax.jit(serve)
-
-
-def _burst(fn, k: int):
-    """``fn`` called ``k`` times back to back, each a separate jitted call from Python whose
-    result is waited for before the next call (request-response latency, no pipelining of
-    asynchronous dispatches)."""
-    if k < 1:
-        raise ValueError(f"--burst must be >= 1 (or 0 for off), got {k}")
-
-    def run(*args):
-        for _ in range(k):
-            out = jax.block_until_ready(fn(*args))
-        return out
-
-    return run
 
 
 def time_inference(
@@ -132,7 +117,7 @@ def time_inference(
         if cold:  # single batch-1 calls, each after a cache flush, in shuffled order
             cases.append((1, apply, apply_masked, apply_small, 1, COLD))
         if burst:  # a stream of batch-1 requests, one jitted call each, each awaited
-            fns = (_burst(apply, burst), _burst(apply_masked, burst), _burst(apply_small, burst))
+            fns = tuple(back_to_back(f, burst) for f in (apply, apply_masked, apply_small))
             cases.append((1, *fns, burst, f"1 ({burst} calls back to back)"))
         if serve:  # batch-1 requests served in one compiled program: no per-call dispatch
             fns = (serve_dense, serve_masked, _served(small.apply))

@@ -28,34 +28,20 @@ import numpy as np
 import optax
 
 from benchmarks._ffi import build_and_register
-from benchmarks._timing import interleaved_medians, markdown_table
+from benchmarks._timing import back_to_back, interleaved_medians, markdown_table
 from benchmarks.step_overhead import problem
 from emrakul import masks as msk
 from emrakul import vitals
-from emrakul.vitals.state import VitalsState
+from emrakul.vitals.state import VitalsState, update_leaves
 
 TARGET = "emrakul_vitals_leaf_prototype"
 
 
 def ffi_update(state: VitalsState, params, grads, masks=None, decay: float = 0.99) -> VitalsState:
     """``vitals.update`` (default thresholds, float32 leaves) with the kernel, leaf by leaf."""
-    leaves = jax.tree_util.tree_leaves
-    treedef = jax.tree_util.tree_structure(params)
-    mask_leaves = [None] * treedef.num_leaves if masks is None else leaves(masks)
     scalars = [jnp.asarray(x, jnp.float32) for x in (decay, 1e-8, 1e-8)]
-    outs = []
-    for m, v, fr, last, age, debias, w, g, mask in zip(
-        leaves(state.grad_mean),
-        leaves(state.grad_sq),
-        leaves(state.flip_rate),
-        leaves(state.last_sign),
-        leaves(state.age),
-        leaves(state.debias),
-        leaves(params),
-        leaves(grads),
-        mask_leaves,
-        strict=True,
-    ):
+
+    def leaf_update(m, v, fr, last, age, debias, w, g, mask):
         mask = jnp.broadcast_to(jnp.asarray(True if mask is None else mask), w.shape)
         shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (m, v, fr, last, age)]
         call = jax.ffi.ffi_call(
@@ -64,10 +50,9 @@ def ffi_update(state: VitalsState, params, grads, masks=None, decay: float = 0.9
             input_output_aliases={3: 0, 4: 1, 5: 2, 6: 3, 7: 4},
         )
         *new, finite = call(g, w, mask, m, v, fr, last, age, *scalars)
-        outs.append((*new, jnp.where(finite, debias * scalars[0], debias), finite))
-    fields = [treedef.unflatten([o[i] for o in outs]) for i in range(6)]
-    skipped = sum((~o[6]).astype(jnp.int32) for o in outs)
-    return VitalsState(*fields, count=state.count + 1, nonfinite=state.nonfinite + skipped)
+        return (*new, jnp.where(finite, debias * scalars[0], debias), finite)
+
+    return update_leaves(state, params, grads, masks, leaf_update)
 
 
 def check() -> list[str]:
@@ -162,7 +147,7 @@ def main() -> None:
     results = {name: [] for name in steps}
     for _ in range(args.repeats):
         med = interleaved_medians(
-            {name: _block(runner(name), args.block) for name in steps}, rounds=args.rounds
+            {name: back_to_back(runner(name), args.block) for name in steps}, rounds=args.rounds
         )
         med = {name: t / args.block for name, t in med.items()}
         for name in steps:
@@ -179,17 +164,6 @@ def main() -> None:
             print(f"  {us:8.1f}  {op}")
     if bad:
         raise SystemExit(1)
-
-
-def _block(fn, k: int):
-    """``fn`` called ``k`` times back to back, each call awaited."""
-
-    def run():
-        for _ in range(k):
-            out = jax.block_until_ready(fn())
-        return out
-
-    return run
 
 
 def _trace(fn, steps: int) -> list[tuple[str, float]]:

@@ -60,6 +60,29 @@ def _progress(prefix: str, done: int, total: int, start: float) -> None:
     sys.stderr.flush()
 
 
+def _seed_loop_marker(workdir: str, controller: str, seed_loop: str, resuming: bool) -> None:
+    """Records the seed loop beside a fresh run's checkpoints (``<controller>.seed_loop``), or
+    refuses to resume checkpoints written with another one (no marker: ``"vmap"``, the loop of
+    checkpoints from before the marker existed)."""
+    marker = os.path.join(workdir, "checkpoints", f"{controller}.seed_loop")
+    if not resuming:
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(marker, "w") as f:
+                f.write(seed_loop)
+        return
+    before = "vmap"
+    if os.path.exists(marker):
+        with open(marker) as f:
+            before = f.read().strip()
+    if before != seed_loop:
+        raise ValueError(
+            f"the checkpoints in {workdir} were written with seed_loop={before!r}; "
+            f"resuming them with seed_loop={seed_loop!r} would mix two programs whose "
+            f"floats differ. Use config.run.seed_loop={before!r} or a new workdir."
+        )
+
+
 def run_controller(
     config: ml_collections.ConfigDict,
     controller: str,
@@ -152,25 +175,11 @@ def run_controller(
     carry = None
     if workdir is not None:
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints", controller))
-        marker = os.path.join(workdir, "checkpoints", f"{controller}.seed_loop")
         restored = ckpt.restore_latest(abstract)
+        _seed_loop_marker(workdir, controller, seed_loop, resuming=restored is not None)
         if restored is not None:
-            before = "vmap"  # checkpoints from before the marker existed
-            if os.path.exists(marker):
-                with open(marker) as f:
-                    before = f.read().strip()
-            if before != seed_loop:
-                raise ValueError(
-                    f"the checkpoints in {workdir} were written with seed_loop={before!r}; "
-                    f"resuming them with seed_loop={seed_loop!r} would mix two programs whose "
-                    f"floats differ. Use config.run.seed_loop={before!r} or a new workdir."
-                )
             done, carry = restored
             resumed = done
-        elif jax.process_index() == 0:
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
-            with open(marker, "w") as f:
-                f.write(seed_loop)
     if carry is None:
         state = init(keys)
         carry = Carry(state, empty_metrics(state))

@@ -20,6 +20,7 @@ recompiling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -201,12 +202,28 @@ def update(
     """
     _check_inputs(state, params, grads, masks)
     decay = jnp.asarray(decay)
-    treedef = jax.tree_util.tree_structure(params)
+    leaf_update = lambda *leaf: _leaf_update(*leaf, decay, weight_threshold, grad_threshold)
+    return update_leaves(state, params, grads, masks, leaf_update)
+
+
+def update_leaves(
+    state: VitalsState,
+    params: PyTree,
+    grads: PyTree,
+    masks: PyTree | None,
+    leaf_update: Callable[..., tuple[jax.Array, ...]],
+) -> VitalsState:
+    """The tree walk of :func:`update` around a per-leaf update (inputs are not checked).
+
+    ``leaf_update(grad_mean, grad_sq, flip_rate, last_sign, age, debias, param, grad, mask)``
+    (``mask`` is ``None`` or the leaf's mask) returns the six new fields and whether the
+    gradient leaf was finite; ``count`` and ``nonfinite`` are advanced here.
+    """
     leaves = jax.tree_util.tree_leaves
-    n = treedef.num_leaves
-    mask_leaves = [None] * n if masks is None else leaves(masks)
+    treedef = jax.tree_util.tree_structure(params)
+    mask_leaves = [None] * treedef.num_leaves if masks is None else leaves(masks)
     outs = [
-        _leaf_update(*args, decay, weight_threshold, grad_threshold)
+        leaf_update(*args)
         for args in zip(
             leaves(state.grad_mean),
             leaves(state.grad_sq),
