@@ -7,6 +7,11 @@ MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32, as in the foundation 
 * ``masks + 1 EMA`` (reference, not an Emrakul step): ``masks`` plus a single float32 EMA of
   the gradient, the first of the five per-parameter statistics the vital signs keep. It shows
   how much of the 5% budget one extra pass over the parameters already takes on this machine.
+* ``masks + state r/w`` (reference, not an Emrakul step): ``masks`` plus reading and writing,
+  once, arrays of exactly the vital-signs state's dtypes and shapes (three float32 arrays, an
+  int8 and a uint16 array per parameter: 15 bytes each way), each updated by ``x + 1`` and
+  nothing else. Any update of that state every step must at least move these bytes, wherever
+  and however it runs, so this row is a floor for ``vitals+masks`` on the machine at hand.
 * ``vitals+masks``: the forward pass uses ``masks.apply(params, masks)`` (90% sparse kernels),
   the dense ("virtual") gradient is taken with respect to the masked weights, the vital signs
   are updated, then Adam.
@@ -102,6 +107,20 @@ def build(batch: int):
         return optax.apply_updates(p, u), o, e
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def state_rw(p, o, v, m):
+        g = jax.grad(loss_fn)(msk.apply(p, m))
+        inc = functools.partial(jax.tree.map, lambda x: x + 1)
+        v = v._replace(
+            grad_mean=inc(v.grad_mean),
+            grad_sq=inc(v.grad_sq),
+            flip_rate=inc(v.flip_rate),
+            last_sign=inc(v.last_sign),
+            age=inc(v.age),
+        )
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, v
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def with_vitals(p, o, v, m):
         g = jax.grad(loss_fn)(msk.apply(p, m))  # dense gradient w.r.t. the masked weights
         v = vitals.update(v, p, g, m)
@@ -120,6 +139,7 @@ def build(batch: int):
         "dense": dense,
         "masks": masks_only,
         "masks + 1 EMA": one_ema,
+        "masks + state r/w": state_rw,
         "vitals+masks": with_vitals,
         "+ rigl masks": with_rigl,
     }
@@ -138,6 +158,7 @@ def main() -> None:
         "dense": [copy(params), copy(opt)],
         "masks": [copy(params), copy(opt), masks],
         "masks + 1 EMA": [copy(params), copy(opt), jax.tree.map(jnp.zeros_like, params), masks],
+        "masks + state r/w": [copy(params), copy(opt), copy(vit), masks],
         "vitals+masks": [copy(params), copy(opt), copy(vit), masks],
         "+ rigl masks": [copy(params), copy(opt), copy(vit), copy(masks)],
     }
@@ -154,6 +175,7 @@ def main() -> None:
         "dense": runner("dense", steps["dense"], 2),
         "masks": runner("masks", steps["masks"], 2),
         "masks + 1 EMA": runner("masks + 1 EMA", steps["masks + 1 EMA"], 3),
+        "masks + state r/w": runner("masks + state r/w", steps["masks + state r/w"], 3),
         "vitals+masks": runner("vitals+masks", steps["vitals+masks"], 3),
         "+ rigl masks": runner("+ rigl masks", steps["+ rigl masks"], 4),
     }
@@ -170,6 +192,7 @@ def main() -> None:
         ("dense", "-"),
         ("masks", "-"),
         ("masks + 1 EMA", "(reference)"),
+        ("masks + state r/w", "(floor)"),
         ("vitals+masks", "<= 1.05"),
         ("+ rigl masks", "<= 1.5"),
     ]:

@@ -178,8 +178,10 @@ def update(
 
     Cost: one fused elementwise loop per output array plus that reduction, per leaf. XLA:CPU
     does not fuse sibling loops, so each loop re-reads the gradient; on a 2-core CPU the update
-    adds roughly a fifth to a small MLP's Adam step (see
-    ``benchmarks/_scratch_vitals_overhead.py``). Call it every few steps if that is too much.
+    adds roughly a tenth to a sixth to a small MLP's masked Adam step (``python -m
+    benchmarks.step_overhead``; reading and writing this state once per step, with no
+    arithmetic, already adds a fifth to a half of that there). Call it every few steps if
+    that is too much.
 
     Args:
       state: the current statistics, from ``init`` or a previous ``update``.
