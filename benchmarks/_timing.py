@@ -73,6 +73,61 @@ def back_to_back(fn: Callable[..., object], k: int) -> Callable[..., object]:
     return run
 
 
+def carry_runner(step: Callable[..., tuple], state: list, n_carry: int) -> Callable[[], tuple]:
+    """A zero-argument call of ``step(*state)`` that stores the step's outputs back into the
+    first ``n_carry`` entries of the list ``state`` (so donated buffers are never reused)."""
+
+    def call():
+        out = step(*state)
+        state[:n_carry] = out
+        return out
+
+    return call
+
+
+def step_ratios(
+    steps: Mapping[str, tuple[Callable[..., tuple], list, int]],
+    rounds: int,
+    repeats: int,
+    block: int = 1,
+    base: str = "dense",
+    verbose: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """Times train steps that carry their state, interleaved, and compares them with ``base``.
+
+    Args:
+      steps: name -> ``(step, state, n_carry)`` as for :func:`carry_runner`.
+      rounds, repeats: ``repeats`` runs of :func:`interleaved_medians` with ``rounds`` rounds.
+      block: steps per timed call (:func:`back_to_back`), as a training loop runs them.
+      base: the name of the step the ratios are taken to.
+      verbose: print each repeat's medians (a progress line per repeat).
+
+    Returns:
+      name -> (median seconds per step over the repeats, median over the repeats of the ratio
+      to ``base`` measured in the same repeat).
+    """
+    calls = {name: carry_runner(*steps[name]) for name in steps}
+    if block > 1:
+        calls = {name: back_to_back(call, block) for name, call in calls.items()}
+    results: dict[str, list[float]] = {name: [] for name in steps}
+    for rep in range(repeats):
+        med = interleaved_medians(calls, rounds=rounds, warmup=3)
+        for name in steps:
+            results[name].append(med[name] / block)
+        if verbose:
+            print(
+                f"repeat {rep}: "
+                + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms" for k, v in results.items())
+            )
+    return {
+        name: (
+            float(np.median(ts)),
+            float(np.median([t / b for t, b in zip(ts, results[base], strict=True)])),
+        )
+        for name, ts in results.items()
+    }
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -31,10 +31,9 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from benchmarks._timing import interleaved_medians, markdown_table
+from benchmarks._timing import markdown_table, step_ratios
 from emrakul import masks as msk
 from emrakul import vitals
 
@@ -52,14 +51,15 @@ class MLP(nn.Module):
         return nn.Dense(10)(x)
 
 
-def rigl_masks(masks, params, grads, drop_fraction):
-    """Drop the smallest active |w|, regrow the same number of inactive weights by |g|."""
+def rigl_masks(masks, params, grads, drop_fraction, select=msk.topk_mask):
+    """Drop the smallest active |w|, regrow the same number of inactive weights by |g|
+    (``select(scores, k)``: an exact top-k mask; :func:`emrakul.masks.topk_mask` by default)."""
 
     def one(m, w, g):
         n_active = jnp.sum(m, dtype=jnp.int32)
         n_drop = jnp.round(drop_fraction * n_active).astype(jnp.int32)
-        keep = msk.topk_mask(jnp.where(m, jnp.abs(w), -jnp.inf), n_active - n_drop)
-        grow = msk.topk_mask(jnp.where(keep, -jnp.inf, jnp.abs(g)), n_drop)
+        keep = select(jnp.where(m, jnp.abs(w), -jnp.inf), n_active - n_drop)
+        grow = select(jnp.where(keep, -jnp.inf, jnp.abs(g)), n_drop)
         return keep | grow
 
     return msk.map_pruned(one, masks, params, grads)
@@ -84,7 +84,9 @@ def problem(batch: int):
     return loss_fn, params, optax.adam(1e-3), masks
 
 
-def build(batch: int):
+def build(batch: int, select=msk.topk_mask):
+    """The timed steps (jitted, buffers donated) and their initial states; ``select`` is the
+    top-k mask used by the RigL step."""
     loss_fn, params, tx, masks = problem(batch)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -131,7 +133,7 @@ def build(batch: int):
     def with_rigl(p, o, v, m):
         g = jax.grad(loss_fn)(msk.apply(p, m))
         v = vitals.update(v, p, g, m)
-        m = rigl_masks(m, p, g, DROP_FRACTION)
+        m = rigl_masks(m, p, g, DROP_FRACTION, select)
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, v, m
 
@@ -154,39 +156,25 @@ def main() -> None:
     args = parser.parse_args()
     params, opt, vit, masks, steps = build(args.batch)
     copy = lambda t: jax.tree.map(jnp.copy, t)
-    state = {
-        "dense": [copy(params), copy(opt)],
-        "masks": [copy(params), copy(opt), masks],
-        "masks + 1 EMA": [copy(params), copy(opt), jax.tree.map(jnp.zeros_like, params), masks],
-        "masks + state r/w": [copy(params), copy(opt), copy(vit), masks],
-        "vitals+masks": [copy(params), copy(opt), copy(vit), masks],
-        "+ rigl masks": [copy(params), copy(opt), copy(vit), copy(masks)],
+    rigl_state = [copy(params), copy(opt), copy(vit), copy(masks)]
+    runs = {
+        "dense": (steps["dense"], [copy(params), copy(opt)], 2),
+        "masks": (steps["masks"], [copy(params), copy(opt), masks], 2),
+        "masks + 1 EMA": (
+            steps["masks + 1 EMA"],
+            [copy(params), copy(opt), jax.tree.map(jnp.zeros_like, params), masks],
+            3,
+        ),
+        "masks + state r/w": (
+            steps["masks + state r/w"],
+            [copy(params), copy(opt), copy(vit), masks],
+            3,
+        ),
+        "vitals+masks": (steps["vitals+masks"], [copy(params), copy(opt), copy(vit), masks], 3),
+        "+ rigl masks": (steps["+ rigl masks"], rigl_state, 4),
     }
-
-    def runner(name, fn, n_carry):
-        def call():
-            out = fn(*state[name])
-            state[name][:n_carry] = out
-            return out
-
-        return call
-
-    fns = {
-        "dense": runner("dense", steps["dense"], 2),
-        "masks": runner("masks", steps["masks"], 2),
-        "masks + 1 EMA": runner("masks + 1 EMA", steps["masks + 1 EMA"], 3),
-        "masks + state r/w": runner("masks + state r/w", steps["masks + state r/w"], 3),
-        "vitals+masks": runner("vitals+masks", steps["vitals+masks"], 3),
-        "+ rigl masks": runner("+ rigl masks", steps["+ rigl masks"], 4),
-    }
-    results = {name: [] for name in fns}
-    for rep in range(args.repeats):
-        med = interleaved_medians(fns, rounds=args.rounds, warmup=3)
-        for name in fns:
-            results[name].append(med[name])
-        print(f"repeat {rep}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items()))
-    final_sparsity = float(msk.sparsity(state["+ rigl masks"][3]))
-    base = np.median(results["dense"])
+    med = step_ratios(runs, rounds=args.rounds, repeats=args.repeats)
+    final_sparsity = float(msk.sparsity(rigl_state[3]))
     rows = []
     for name, target in [
         ("dense", "-"),
@@ -196,16 +184,15 @@ def main() -> None:
         ("vitals+masks", "<= 1.05"),
         ("+ rigl masks", "<= 1.5"),
     ]:
-        t = np.median(results[name])
-        ratios = [r / d for r, d in zip(results[name], results["dense"], strict=True)]
-        rows.append([name, f"{t * 1e3:.3f}", f"{np.median(ratios):.3f}", target])
+        t, ratio = med[name]
+        rows.append([name, f"{t * 1e3:.3f}", f"{ratio:.3f}", target])
     print(
         f"\njax {jax.__version__}, {jax.default_backend()}, batch {args.batch}, kernels "
         f"{SPARSITY:.0%} sparse (after RigL steps: {final_sparsity:.4f}); "
         f"medians of {args.repeats} x {args.rounds} interleaved rounds"
     )
     print(markdown_table(["step", "ms", "ratio to dense", "target"], rows))
-    print(f"(dense median {base * 1e3:.3f} ms)")
+    print(f"(dense median {med['dense'][0] * 1e3:.3f} ms)")
 
 
 if __name__ == "__main__":

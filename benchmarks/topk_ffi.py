@@ -1,67 +1,86 @@
-"""Would a hand-written CPU kernel make exact selection fast enough? A measured prototype.
+"""Would a hand-written CPU kernel make exact selection fast enough? Two measured prototypes.
 
-``benchmarks/topk_ffi.cc`` is an exact top-k mask by radix select (a histogram of the top 11
-bits of the floats' ordered integer keys, a gather of the one bucket holding the k-th largest,
-``std::nth_element`` on it, a pass that writes the mask with ties broken by index), registered
-as an XLA FFI custom call. This script compiles it with the system's C++ compiler, checks that
-it gives exactly :func:`emrakul.masks.topk_mask`'s masks on random inputs (ties, -inf, NaN,
--0.0, k = 0 and k = n), then times both, interleaved, at the sizes of the foundation issue's
-MLP kernels, on the two selections of a RigL update (keep the largest |w| among the active
-entries, the rest -inf; regrow the largest |g| among the others). It is a benchmark, not
-library code: nothing in ``emrakul`` uses it.
+``benchmarks/topk_ffi.cc`` holds two exact top-k masks, registered as XLA FFI custom calls:
 
-Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--cxx g++]``
+* ``radix``: a histogram of the top 11 bits of the floats' ordered integer keys, a gather of
+  the one bucket holding the k-th largest, ``std::nth_element`` on it, a pass that writes the
+  mask with ties broken by index (its histogram and gather are scalar loops);
+* ``probe``: only vectorised passes. Each probe pass at a threshold ``t`` returns ``#(x >= t)``,
+  ``min{x >= t}`` and ``max{x < t}``, so the bracket around the k-th value always ends on data
+  values; probes come from a sorted strided sample, then from interpolating the counts, with a
+  bisection on the ordered keys when a probe fails to halve the bracket; a blocked count finds
+  where the kept ties end and a last pass writes the mask.
+
+This script compiles them with the system's C++ compiler (``-O3 -march=native -fopenmp``),
+checks that both give exactly :func:`emrakul.masks.topk_mask`'s masks on random inputs (ties,
+-inf, NaN, -0.0, k = 0 and k = n, several rows), then times all three, interleaved, at the sizes
+of the foundation issue's MLP kernels on the two selections of a RigL update (keep the largest
+|w| among the active entries, the rest -inf; regrow the largest |g| among the others). With
+``--step`` it also times the RigL train step of :mod:`benchmarks.step_overhead` with each
+selection, against the dense step, as ratios measured in one run (the issue's target: 1.5x).
+It is a benchmark, not library code: nothing in ``emrakul`` uses it.
+
+Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--step] [--cxx g++]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._ffi import build_and_register
-from benchmarks._timing import interleaved_medians, markdown_table
+from benchmarks._timing import interleaved_medians, markdown_table, step_ratios
 from emrakul.masks import topk as tk
 from emrakul.masks import topk_mask
 
-TARGET = "emrakul_topk_mask_prototype"
+TARGETS = {  # algorithm -> (handler symbol in topk_ffi.cc, custom-call target)
+    "radix": ("EmrakulTopkMask", "emrakul_topk_mask_prototype"),
+    "probe": ("EmrakulTopkMaskProbe", "emrakul_topk_mask_probe"),
+}
 
 
-def ffi_rows(x: jax.Array, k: jax.Array) -> jax.Array:
+def ffi_rows(x: jax.Array, k: jax.Array, algorithm: str = "radix") -> jax.Array:
     """The custom call on sanitised float32 rows ``x`` ([rows, n]) with counts ``k`` ([rows])."""
     call = jax.ffi.ffi_call(
-        TARGET, jax.ShapeDtypeStruct(x.shape, jnp.bool_), vmap_method="expand_dims"
+        TARGETS[algorithm][1], jax.ShapeDtypeStruct(x.shape, jnp.bool_), vmap_method="expand_dims"
     )
     return call(x, k)
 
 
-def ffi_topk_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
-    """The prototype behind ``topk_mask``'s contract for ``axis=None`` (float32, CPU only; the
-    target must be registered first). ``k`` is validated as ``topk_mask`` does."""
+def ffi_topk_mask(scores: jax.Array, k: int | jax.Array, algorithm: str = "radix") -> jax.Array:
+    """A prototype behind ``topk_mask``'s contract for ``axis=None`` (float32, CPU only; the
+    targets must be registered first). ``k`` is validated as ``topk_mask`` does."""
     x = tk._as_float(scores).astype(jnp.float32).reshape(1, -1)  # NaN / -0.0 / denormals
     k = tk._check_k(k, x.shape[1])
     if x.shape[1] == 0:
         return jnp.zeros(jnp.shape(scores), bool)
-    return ffi_rows(x, k.reshape(1)).reshape(jnp.shape(scores))
+    return ffi_rows(x, k.reshape(1), algorithm).reshape(jnp.shape(scores))
 
 
-def check(trials: int = 400) -> int:
-    """Number of random inputs on which the prototype's mask differs from ``topk_mask``."""
+def check(algorithm: str, trials: int = 400) -> int:
+    """Number of random inputs on which a prototype's mask differs from ``topk_mask``."""
     rng = np.random.default_rng(0)
-    ours, proto = jax.jit(topk_mask), jax.jit(ffi_topk_mask)
+    ours = jax.jit(topk_mask)
+    proto = jax.jit(functools.partial(ffi_topk_mask, algorithm=algorithm))
     bad = 0
     for t in range(trials):
         n = int(rng.choice([7, 64, 513, 2048, 5120]))  # few shapes: few compilations
         x = rng.standard_normal(n).astype(np.float32)
-        if t % 4 == 1:
+        if t % 5 == 1:
             x = np.round(x * 3) / 3  # many ties
-        elif t % 4 == 2:
+        elif t % 5 == 2:
             x[rng.random(n) < 0.5] = -np.inf  # masked-out entries, as in RigL
-        elif t % 4 == 3:
+        elif t % 5 == 3:
             x[rng.random(n) < 0.2] = np.nan
             x[rng.random(n) < 0.2] = -0.0
+        elif t % 5 == 4:
+            x[rng.random(n) < 0.3] = np.inf  # infinite ends of the bracket
+            x[rng.random(n) < 0.3] = -np.inf
+            x *= np.float32(10.0) ** rng.integers(-44, 30, n)  # wide range, some denormals
         k = int(rng.integers(1, n)) if t % 10 else int(rng.choice([0, n]))
         bad += not np.array_equal(np.asarray(ours(x, k)), np.asarray(proto(x, k)))
     # several rows with their own counts, through the custom call's row loop
@@ -69,7 +88,9 @@ def check(trials: int = 400) -> int:
     x[2] = np.round(x[2])  # ties
     k = np.array([0, 1, 350, 699, 700, 17], np.int32)
     want = topk_mask(jnp.asarray(x), jnp.asarray(k), axis=1)
-    got = jax.jit(ffi_rows)(tk._as_float(jnp.asarray(x)), jnp.asarray(k))
+    got = jax.jit(ffi_rows, static_argnums=2)(
+        tk._as_float(jnp.asarray(x)), jnp.asarray(k), algorithm
+    )
     bad += not np.array_equal(np.asarray(want), np.asarray(got))
     return bad
 
@@ -85,34 +106,90 @@ def rigl_like(n: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray, i
     return [("keep |w|", w, n_active - n_drop), ("grow |g|", g, n_drop)]
 
 
+def time_step(rounds: int, repeats: int) -> tuple[list[list[object]], bool]:
+    """The RigL step of ``benchmarks.step_overhead`` with each selection, as ratios to dense;
+    also whether the three RigL runs ended with identical masks."""
+    from benchmarks import step_overhead
+
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    selects = {
+        "topk_mask": topk_mask,
+        "C++ radix": functools.partial(ffi_topk_mask, algorithm="radix"),
+        "C++ probe": functools.partial(ffi_topk_mask, algorithm="probe"),
+    }
+    runs, finals = {}, {}
+    for name, select in selects.items():
+        params, opt, vit, masks, steps = step_overhead.build(256, select)
+        if not runs:
+            runs["dense"] = (steps["dense"], [copy(params), copy(opt)], 2)
+            runs["vitals+masks"] = (steps["vitals+masks"], [copy(params), copy(opt), vit, masks], 3)
+        finals[name] = [copy(params), copy(opt), copy(vit), copy(masks)]
+        runs[f"+ rigl masks ({name})"] = (steps["+ rigl masks"], finals[name], 4)
+    med = step_ratios(runs, rounds=rounds, repeats=repeats)
+    # The three RigL runs took the same steps from the same start: their masks must agree.
+    same = all(
+        all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree.leaves(m[3]), jax.tree.leaves(finals["topk_mask"][3]), strict=True
+            )
+        )
+        for m in finals.values()
+    )
+    print(f"RigL masks after the timed steps identical across selections: {same}")
+    rows = [[name, f"{t * 1e3:.3f}", f"{ratio:.3f}"] for name, (t, ratio) in med.items()]
+    return rows, same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--step", action="store_true", help="also time the RigL train step")
     parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    build_and_register("topk_ffi.cc", "EmrakulTopkMask", TARGET, args.cxx)
-    bad = check()
-    print(f"masks that differ from topk_mask: {bad} of 401 checks (400 random inputs, 1 multi-row)")
+    for symbol, target in TARGETS.values():
+        build_and_register("topk_ffi.cc", symbol, target, args.cxx, openmp=True)
+    bad = 0
+    for algorithm in TARGETS:
+        b = check(algorithm)
+        print(f"{algorithm}: masks that differ from topk_mask: {b} of 401 checks")
+        bad += b
     rng = np.random.default_rng(1)
     rows = []
-    ours, proto = jax.jit(topk_mask), jax.jit(ffi_topk_mask)
+    fns = {
+        "xla": jax.jit(topk_mask),
+        **{a: jax.jit(functools.partial(ffi_topk_mask, algorithm=a)) for a in TARGETS},
+    }
+    totals = dict.fromkeys(fns, 0.0)
     for n in (5120, 262144, 401408):  # the kernels of the 784-512-512-10 MLP
         for what, scores, k in rigl_like(n, rng):
             x = jnp.asarray(scores)
-            bad += not np.array_equal(np.asarray(ours(x, k)), np.asarray(proto(x, k)))
+            want = np.asarray(fns["xla"](x, k))
+            bad += sum(not np.array_equal(want, np.asarray(fns[a](x, k))) for a in TARGETS)
             med = interleaved_medians(
-                {
-                    "xla": lambda x=x, k=k, f=ours: f(x, k),
-                    "ffi": lambda x=x, k=k, f=proto: f(x, k),
-                },
+                {name: lambda x=x, k=k, f=f: f(x, k) for name, f in fns.items()},
                 rounds=args.rounds,
             )
-            xla, ffi = med["xla"] * 1e3, med["ffi"] * 1e3
-            rows.append([n, what, k, f"{xla:.3f}", f"{ffi:.3f}", f"{xla / ffi:.2f}x"])
+            ms = {name: t * 1e3 for name, t in med.items()}
+            for name in fns:
+                totals[name] += ms[name]
+            rows.append(
+                [n, what, k, *(f"{ms[name]:.3f}" for name in fns)]
+                + [f"{ms['xla'] / ms[a]:.2f}x" for a in TARGETS]
+            )
+    rows.append(
+        ["all six", "", "", *(f"{totals[name]:.3f}" for name in fns)]
+        + [f"{totals['xla'] / totals[a]:.2f}x" for a in TARGETS]
+    )
     print(f"\nmedians of {args.rounds} interleaved rounds; the timed masks were checked too")
-    header = ["n", "selection", "k", "topk_mask ms", "C++ radix select ms", "speed-up"]
-    print(markdown_table(header, rows))
+    header = ["n", "selection", "k", "topk_mask ms", "C++ radix ms", "C++ probe ms"]
+    print(markdown_table([*header, "radix speed-up", "probe speed-up"], rows))
     print(f"masks that differ from topk_mask, all checks: {bad}")
+    if args.step:
+        step_rows, same = time_step(rounds=50, repeats=3)
+        print("\ntrain steps, medians of 3 x 50 interleaved rounds")
+        print(markdown_table(["step", "ms", "ratio to dense"], step_rows))
+        bad += not same
     if bad:
         raise SystemExit(1)
 

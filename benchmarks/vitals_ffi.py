@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from benchmarks._ffi import build_and_register
-from benchmarks._timing import back_to_back, interleaved_medians, markdown_table
+from benchmarks._timing import carry_runner, markdown_table, step_ratios
 from benchmarks.step_overhead import problem
 from emrakul import masks as msk
 from emrakul import vitals
@@ -134,33 +134,13 @@ def main() -> None:
         ),
     }
 
-    def runner(name):
-        fn, state, n_carry = steps[name]
-
-        def call():
-            out = fn(*state)
-            state[:n_carry] = out
-            return out
-
-        return call
-
-    results = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        med = interleaved_medians(
-            {name: back_to_back(runner(name), args.block) for name in steps}, rounds=args.rounds
-        )
-        med = {name: t / args.block for name, t in med.items()}
-        for name in steps:
-            results[name].append(med[name])
-    rows = []
-    for name in steps:
-        ratios = [r / d for r, d in zip(results[name], results["dense"], strict=True)]
-        rows.append([name, f"{np.median(results[name]) * 1e3:.3f}", f"{np.median(ratios):.3f}"])
+    med = step_ratios(steps, rounds=args.rounds, repeats=args.repeats, block=args.block)
+    rows = [[name, f"{t * 1e3:.3f}", f"{ratio:.3f}"] for name, (t, ratio) in med.items()]
     print(f"\nmedians of {args.repeats} x {args.rounds} interleaved rounds of {args.block} step(s)")
     print(markdown_table(["step", "ms", "ratio to dense"], rows))
     for name in list(steps)[1:] if args.trace else []:
         print(f"\n{name}: mean us per step over {args.trace} traced steps")
-        for op, us in _trace(runner(name), args.trace)[:8]:
+        for op, us in _trace(carry_runner(*steps[name]), args.trace)[:8]:
             print(f"  {us:8.1f}  {op}")
     if bad:
         raise SystemExit(1)
