@@ -18,6 +18,9 @@ MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32, as in the foundation 
 * ``+ rigl masks``: the same, and every step every kernel's mask is recomputed as RigL does
   (Evci et al. 2020): drop the 30% smallest-magnitude active weights, regrow as many inactive
   weights with the largest gradient magnitude (two exact ``topk_mask`` selections per kernel).
+* ``+ rigl masks (native top-k)``: the same with ``topk_mask(..., impl="native")``, the optional
+  native CPU kernel of :mod:`emrakul.masks.native` (the row is left out where it cannot be
+  built); both RigL rows must end with identical masks.
 
 Targets: ``vitals+masks`` <= 1.05x dense, ``+ rigl masks`` <= 1.5x dense.
 Run: ``python -m benchmarks.step_overhead [--rounds 50] [--repeats 3]``
@@ -36,6 +39,7 @@ import optax
 from benchmarks._timing import markdown_table, step_ratios
 from emrakul import masks as msk
 from emrakul import vitals
+from emrakul.masks import native
 
 SPARSITY = 0.9
 DROP_FRACTION = 0.3
@@ -173,6 +177,13 @@ def main() -> None:
         "vitals+masks": (steps["vitals+masks"], [copy(params), copy(opt), copy(vit), masks], 3),
         "+ rigl masks": (steps["+ rigl masks"], rigl_state, 4),
     }
+    native_state = [copy(params), copy(opt), copy(vit), copy(masks)]
+    if native.available():
+        select = functools.partial(msk.topk_mask, impl="native")
+        native_rigl = build(args.batch, select)[4]["+ rigl masks"]
+        runs["+ rigl masks (native top-k)"] = (native_rigl, native_state, 4)
+    else:
+        print(f"(no native top-k row: the kernel is {native.status()})")
     med = step_ratios(runs, rounds=args.rounds, repeats=args.repeats)
     final_sparsity = float(msk.sparsity(rigl_state[3]))
     rows = []
@@ -183,7 +194,10 @@ def main() -> None:
         ("masks + state r/w", "(floor)"),
         ("vitals+masks", "<= 1.05"),
         ("+ rigl masks", "<= 1.5"),
+        ("+ rigl masks (native top-k)", "<= 1.5"),
     ]:
+        if name not in med:
+            continue
         t, ratio = med[name]
         rows.append([name, f"{t * 1e3:.3f}", f"{ratio:.3f}", target])
     print(
@@ -193,6 +207,12 @@ def main() -> None:
     )
     print(markdown_table(["step", "ms", "ratio to dense", "target"], rows))
     print(f"(dense median {med['dense'][0] * 1e3:.3f} ms)")
+    if "+ rigl masks (native top-k)" in med:
+        pairs = zip(jax.tree.leaves(rigl_state[3]), jax.tree.leaves(native_state[3]), strict=True)
+        same = all(bool(jnp.array_equal(a, b)) for a, b in pairs)
+        print(f"RigL masks identical with the XLA and the native top-k after all steps: {same}")
+        if not same:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@
 // finds the threshold among them, (3) the mask is written (after a scan for the index at which
 // the kept ties end, so that the writing loop has no loop-carried state and vectorises).
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <immintrin.h>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -81,159 +79,7 @@ static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
   }
 }
 
-// The second algorithm ("probe"): vectorised count passes narrow a bracket [lo, hi] around the
-// k-th largest value until at most kCap entries lie in it; one vectorised pass compacts those
-// (AVX-512 compress), std::nth_element picks the threshold among them, a blocked count finds
-// where the kept ties end, a last pass writes the mask. Each pass counts #(x >= t) for two
-// thresholds; a count c >= k makes t the new lo, a count c < k makes the float just below t
-// the new hi (#(x > nextdown(t)) = #(x >= t)). The first two thresholds come from a sorted
-// strided sample, the next from interpolating the counts linearly in value, +-2 standard
-// deviations of the rank error; a bisection on the ordered keys whenever a pass fails to halve
-// the bracket bounds the worst case (32 halvings of the key range). Rows are sanitised by the
-// caller (no NaN, no -0.0, no denormals), so float comparisons order them as the keys do.
-static inline float FromKey(uint32_t key) {
-  const uint32_t b = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-  float v;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
-}
-
-// #(x >= a) and #(x >= b) in one pass (n < 2**31).
-static void Count2(const float* x, int64_t n, float a, float b, int64_t* ca, int64_t* cb) {
-  int32_t sa = 0, sb = 0;
-#pragma omp simd reduction(+ : sa, sb)
-  for (int64_t i = 0; i < n; ++i) {
-    sa += x[i] >= a;
-    sb += x[i] >= b;
-  }
-  *ca = sa;
-  *cb = sb;
-}
-
-// The entries of x in [lo, hi], in index order, into out (which has room for n + 16).
-static int64_t Compact(const float* x, int64_t n, float lo, float hi, float* out) {
-  int64_t m = 0, i = 0;
-#ifdef __AVX512F__
-  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i);
-    const __mmask16 in = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LE_OQ);
-    _mm512_storeu_ps(out + m, _mm512_maskz_compress_ps(in, v));  // in-register compress
-    m += __builtin_popcount(in);
-  }
-#endif
-  for (; i < n; ++i) {
-    out[m] = x[i];
-    m += (x[i] >= lo) & (x[i] <= hi);
-  }
-  return m;
-}
-
-static void SelectRowProbe(const float* x, int64_t n, int64_t k, bool* out,
-                           std::vector<float>& buf) {
-  if (k <= 0) {
-    std::memset(out, 0, n);
-    return;
-  }
-  if (k >= n) {
-    std::memset(out, 1, n);
-    return;
-  }
-  constexpr int64_t kCap = 8192;
-  const float inf = std::numeric_limits<float>::infinity();
-  // Invariants: #(x >= lo) = glo >= k and #(x > hi) = ghi < k, so lo <= (k-th largest) <= hi.
-  float lo = -inf, hi = inf;
-  int64_t glo = n, ghi = 0;
-  // XLA runs custom calls with denormals treated as zero, and the rows hold no denormals and
-  // no -0.0: thresholds are moved off those onto the normal value that counts the same rows.
-  const float tiny = std::numeric_limits<float>::min();
-  auto canon_ge = [&](float t) {  // the same #(x >= t)
-    return std::fabs(t) >= tiny ? t : (t > 0 ? tiny : 0.0f);
-  };
-  auto canon_gt = [&](float t) {  // the same #(x > t)
-    return (std::fabs(t) >= tiny || (t == 0 && !std::signbit(t))) ? t : (t > 0 ? 0.0f : -tiny);
-  };
-  auto learn = [&](float t, int64_t c) {  // c = #(x >= t), t inside [lo, hi]
-    if (c >= k) {
-      if (t > lo) lo = t, glo = c;
-    } else if (t > -inf) {
-      const float below = canon_gt(FromKey(OrderedKey(t) - 1));  // #(x > below) = c
-      if (below < hi) hi = below, ghi = c;
-    }
-  };
-  auto probe2 = [&](float a, float b) {
-    a = canon_ge(std::clamp(a, lo, hi));
-    b = canon_ge(std::clamp(b, lo, hi));
-    int64_t ca, cb;
-    Count2(x, n, a, b, &ca, &cb);
-    learn(a, ca);
-    learn(b, cb);
-  };
-  // A strided sample, sorted; thresholds +-3 standard deviations around the k-th's rank in it,
-  // moved onto finite sample values where they fall on an infinite one.
-  const int64_t m = std::min<int64_t>(512, std::max<int64_t>(1, n / 8));
-  const int64_t stride = n / m;
-  buf.resize(n + 16);
-  float* sample = buf.data();
-  for (int64_t i = 0; i < m; ++i) sample[i] = x[i * stride];
-  std::sort(sample, sample + m, std::greater<float>());
-  const double p = static_cast<double>(k) * m / n;
-  const double sd = std::sqrt(std::max(p * (1.0 - p / m), 1.0));
-  int64_t ia = std::clamp<int64_t>(static_cast<int64_t>(p + 3.0 * sd + 1.0), 0, m - 1);
-  int64_t ib = std::clamp<int64_t>(static_cast<int64_t>(p - 3.0 * sd - 1.0), 0, m - 1);
-  while (ia > 0 && sample[ia] == -inf) --ia;
-  while (ib < m - 1 && sample[ib] == inf) ++ib;
-  probe2(sample[ia], sample[ib]);
-  bool bisect = false;
-  // Each pass shrinks the bracket; the cap on passes is a guard only (the compaction below is
-  // exact for any bracket, just slower on a big one).
-  for (int pass = 0; pass < 100 && lo < hi && glo - ghi > kCap; ++pass) {
-    const int64_t before = glo - ghi;
-    const uint32_t klo = OrderedKey(lo), khi = OrderedKey(hi);
-    if (!bisect && std::isfinite(lo) && std::isfinite(hi)) {
-      const double mass = static_cast<double>(glo - ghi);
-      const double rank = static_cast<double>(k - ghi);  // from the top of the bracket
-      const double err = 2.0 * std::sqrt(mass);
-      const double span = static_cast<double>(hi) - lo;
-      probe2(static_cast<float>(hi - span * std::min(1.0, (rank + err) / mass)),
-             static_cast<float>(hi - span * std::max(0.0, (rank - err) / mass)));
-    } else {
-      const uint32_t mid = klo + (khi - klo + 1) / 2;  // in (lo, hi]
-      probe2(FromKey(mid), FromKey(mid));
-    }
-    bisect = 2 * (glo - ghi) > before;  // the pass failed to halve the bracket's count
-  }
-  float thr = lo;
-  if (lo < hi) {  // at most kCap entries in [lo, hi]: pick the threshold among them
-    float* cand = buf.data();
-    const int64_t c = Compact(x, n, lo, hi, cand);
-    const int64_t need = k - ghi;  // 1..c
-    std::nth_element(cand, cand + (need - 1), cand + c, std::greater<float>());
-    thr = cand[need - 1];
-  }
-  int64_t greater = 0;  // entries strictly above the threshold
-#pragma omp simd reduction(+ : greater)
-  for (int64_t j = 0; j < n; ++j) greater += x[j] > thr;
-  int64_t ties = k - greater;  // entries equal to thr to keep, lowest index first (>= 1)
-  constexpr int64_t kBlock = 1024;
-  int64_t cut = 0;  // the kept ties are those at indices < cut
-  while (cut < n) {
-    const int64_t end = std::min(n, cut + kBlock);
-    int64_t eq = 0;
-#pragma omp simd reduction(+ : eq)
-    for (int64_t j = cut; j < end; ++j) eq += x[j] == thr;
-    if (eq >= ties) {
-      for (; ties > 0; ++cut) ties -= x[cut] == thr;
-      break;
-    }
-    ties -= eq;
-    cut = end;
-  }
-  for (int64_t j = 0; j < n; ++j) out[j] = (x[j] > thr) | ((x[j] == thr) & (j < cut));
-}
-
 // x: float32 [..., n]; k: int32, one count per row; out: bool, x's shape.
-template <bool kProbe>
 static ffi::Error TopkMaskImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
                                ffi::ResultBuffer<ffi::PRED> out) {
   auto dims = x.dimensions();
@@ -246,23 +92,14 @@ static ffi::Error TopkMaskImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
   if (static_cast<int64_t>(k.element_count()) != rows)
     return ffi::Error::InvalidArgument("k must hold one count per row");
   std::vector<uint32_t> bucket;
-  std::vector<float> buf;
   for (int64_t r = 0; r < rows && n > 0; ++r) {
     const int64_t kr = std::clamp<int64_t>(k.typed_data()[r], 0, n);
-    if (kProbe)
-      SelectRowProbe(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, buf);
-    else
-      SelectRow(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, bucket);
+    SelectRow(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, bucket);
   }
   return ffi::Error::Success();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EmrakulTopkMask, TopkMaskImpl<false>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::PRED>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EmrakulTopkMaskProbe, TopkMaskImpl<true>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EmrakulTopkMask, TopkMaskImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

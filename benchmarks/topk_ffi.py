@@ -1,24 +1,23 @@
-"""Would a hand-written CPU kernel make exact selection fast enough? Two measured prototypes.
+"""Hand-written CPU kernels for exact selection, against ``topk_mask``'s XLA implementation.
 
-``benchmarks/topk_ffi.cc`` holds two exact top-k masks, registered as XLA FFI custom calls:
+Two exact top-k masks as XLA FFI custom calls:
 
-* ``radix``: a histogram of the top 11 bits of the floats' ordered integer keys, a gather of
-  the one bucket holding the k-th largest, ``std::nth_element`` on it, a pass that writes the
-  mask with ties broken by index (its histogram and gather are scalar loops);
-* ``probe``: only vectorised passes. Each probe pass at a threshold ``t`` returns ``#(x >= t)``,
-  ``min{x >= t}`` and ``max{x < t}``, so the bracket around the k-th value always ends on data
-  values; probes come from a sorted strided sample, then from interpolating the counts, with a
-  bisection on the ordered keys when a probe fails to halve the bracket; a blocked count finds
-  where the kept ties end and a last pass writes the mask.
+* ``radix`` (``benchmarks/topk_ffi.cc``, a prototype of session 13, not library code): a
+  histogram of the top 11 bits of the floats' ordered integer keys, a gather of the one bucket
+  holding the k-th largest, ``std::nth_element`` on it, a pass that writes the mask with ties
+  broken by index (its histogram and gather are scalar loops);
+* ``native`` (``emrakul/masks/_native/topk.cc``, the library's optional kernel,
+  :mod:`emrakul.masks.native`): two-threshold count passes vectorised by the compiler narrow a
+  bracket around the k-th value, an AVX-512 compaction gathers the entries inside it,
+  ``std::nth_element`` picks the threshold.
 
-This script compiles them with the system's C++ compiler (``-O3 -march=native -fopenmp``),
-checks that both give exactly :func:`emrakul.masks.topk_mask`'s masks on random inputs (ties,
--inf, NaN, -0.0, k = 0 and k = n, several rows), then times all three, interleaved, at the sizes
-of the foundation issue's MLP kernels on the two selections of a RigL update (keep the largest
-|w| among the active entries, the rest -inf; regrow the largest |g| among the others). With
+This script builds both with the system's C++ compiler (``-O3 -march=native``), checks that both
+give exactly the XLA implementation's masks on random inputs (ties, -inf, NaN, -0.0, infinities,
+denormals, k = 0 and k = n, several rows), then times all three, interleaved, at the sizes of
+the foundation issue's MLP kernels on the two selections of a RigL update (keep the largest |w|
+among the active entries, the rest -inf; regrow the largest |g| among the others). With
 ``--step`` it also times the RigL train step of :mod:`benchmarks.step_overhead` with each
-selection, against the dense step, as ratios measured in one run (the issue's target: 1.5x).
-It is a benchmark, not library code: nothing in ``emrakul`` uses it.
+selection against the dense step, as ratios measured in one run (the issue's target: 1.5x).
 
 Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--step] [--cxx g++]``
 """
@@ -34,37 +33,37 @@ import numpy as np
 
 from benchmarks._ffi import build_and_register
 from benchmarks._timing import interleaved_medians, markdown_table, step_ratios
+from emrakul.masks import native, topk_mask
 from emrakul.masks import topk as tk
-from emrakul.masks import topk_mask
 
-TARGETS = {  # algorithm -> (handler symbol in topk_ffi.cc, custom-call target)
-    "radix": ("EmrakulTopkMask", "emrakul_topk_mask_prototype"),
-    "probe": ("EmrakulTopkMaskProbe", "emrakul_topk_mask_probe"),
-}
+TARGET = "emrakul_topk_mask_prototype"
+ALGORITHMS = ("radix", "native")
 
 
-def ffi_rows(x: jax.Array, k: jax.Array, algorithm: str = "radix") -> jax.Array:
-    """The custom call on sanitised float32 rows ``x`` ([rows, n]) with counts ``k`` ([rows])."""
+def ffi_rows(x: jax.Array, k: jax.Array) -> jax.Array:
+    """The radix custom call on sanitised float32 rows ``x`` ([rows, n]), counts ``k`` ([rows])."""
     call = jax.ffi.ffi_call(
-        TARGETS[algorithm][1], jax.ShapeDtypeStruct(x.shape, jnp.bool_), vmap_method="expand_dims"
+        TARGET, jax.ShapeDtypeStruct(x.shape, jnp.bool_), vmap_method="expand_dims"
     )
     return call(x, k)
 
 
 def ffi_topk_mask(scores: jax.Array, k: int | jax.Array, algorithm: str = "radix") -> jax.Array:
-    """A prototype behind ``topk_mask``'s contract for ``axis=None`` (float32, CPU only; the
-    targets must be registered first). ``k`` is validated as ``topk_mask`` does."""
+    """``topk_mask``'s contract for ``axis=None`` through a custom call (float32, CPU only; the
+    radix target must be registered first). ``k`` is validated as ``topk_mask`` does."""
+    if algorithm == "native":
+        return topk_mask(scores, k, impl="native")
     x = tk._as_float(scores).astype(jnp.float32).reshape(1, -1)  # NaN / -0.0 / denormals
     k = tk._check_k(k, x.shape[1])
     if x.shape[1] == 0:
         return jnp.zeros(jnp.shape(scores), bool)
-    return ffi_rows(x, k.reshape(1), algorithm).reshape(jnp.shape(scores))
+    return ffi_rows(x, k.reshape(1)).reshape(jnp.shape(scores))
 
 
 def check(algorithm: str, trials: int = 400) -> int:
     """Number of random inputs on which a prototype's mask differs from ``topk_mask``."""
     rng = np.random.default_rng(0)
-    ours = jax.jit(topk_mask)
+    ours = jax.jit(functools.partial(topk_mask, impl="xla"))
     proto = jax.jit(functools.partial(ffi_topk_mask, algorithm=algorithm))
     bad = 0
     for t in range(trials):
@@ -87,10 +86,11 @@ def check(algorithm: str, trials: int = 400) -> int:
     x = rng.standard_normal((6, 700)).astype(np.float32)
     x[2] = np.round(x[2])  # ties
     k = np.array([0, 1, 350, 699, 700, 17], np.int32)
-    want = topk_mask(jnp.asarray(x), jnp.asarray(k), axis=1)
-    got = jax.jit(ffi_rows, static_argnums=2)(
-        tk._as_float(jnp.asarray(x)), jnp.asarray(k), algorithm
-    )
+    want = topk_mask(jnp.asarray(x), jnp.asarray(k), axis=1, impl="xla")
+    if algorithm == "native":
+        got = topk_mask(jnp.asarray(x), jnp.asarray(k), axis=1, impl="native")
+    else:
+        got = jax.jit(ffi_rows)(tk._as_float(jnp.asarray(x)), jnp.asarray(k))
     bad += not np.array_equal(np.asarray(want), np.asarray(got))
     return bad
 
@@ -113,9 +113,9 @@ def time_step(rounds: int, repeats: int) -> tuple[list[list[object]], bool]:
 
     copy = lambda t: jax.tree.map(jnp.copy, t)
     selects = {
-        "topk_mask": topk_mask,
+        "topk_mask": functools.partial(topk_mask, impl="xla"),
         "C++ radix": functools.partial(ffi_topk_mask, algorithm="radix"),
-        "C++ probe": functools.partial(ffi_topk_mask, algorithm="probe"),
+        "native": functools.partial(ffi_topk_mask, algorithm="native"),
     }
     runs, finals = {}, {}
     for name, select in selects.items():
@@ -147,25 +147,26 @@ def main() -> None:
     parser.add_argument("--step", action="store_true", help="also time the RigL train step")
     parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    for symbol, target in TARGETS.values():
-        build_and_register("topk_ffi.cc", symbol, target, args.cxx, openmp=True)
+    build_and_register("topk_ffi.cc", "EmrakulTopkMask", TARGET, args.cxx)
+    if not native.available():
+        raise SystemExit(f"the native kernel is {native.status()}")
     bad = 0
-    for algorithm in TARGETS:
+    for algorithm in ALGORITHMS:
         b = check(algorithm)
         print(f"{algorithm}: masks that differ from topk_mask: {b} of 401 checks")
         bad += b
     rng = np.random.default_rng(1)
     rows = []
     fns = {
-        "xla": jax.jit(topk_mask),
-        **{a: jax.jit(functools.partial(ffi_topk_mask, algorithm=a)) for a in TARGETS},
+        "xla": jax.jit(functools.partial(topk_mask, impl="xla")),
+        **{a: jax.jit(functools.partial(ffi_topk_mask, algorithm=a)) for a in ALGORITHMS},
     }
     totals = dict.fromkeys(fns, 0.0)
     for n in (5120, 262144, 401408):  # the kernels of the 784-512-512-10 MLP
         for what, scores, k in rigl_like(n, rng):
             x = jnp.asarray(scores)
             want = np.asarray(fns["xla"](x, k))
-            bad += sum(not np.array_equal(want, np.asarray(fns[a](x, k))) for a in TARGETS)
+            bad += sum(not np.array_equal(want, np.asarray(fns[a](x, k))) for a in ALGORITHMS)
             med = interleaved_medians(
                 {name: lambda x=x, k=k, f=f: f(x, k) for name, f in fns.items()},
                 rounds=args.rounds,
@@ -175,15 +176,15 @@ def main() -> None:
                 totals[name] += ms[name]
             rows.append(
                 [n, what, k, *(f"{ms[name]:.3f}" for name in fns)]
-                + [f"{ms['xla'] / ms[a]:.2f}x" for a in TARGETS]
+                + [f"{ms['xla'] / ms[a]:.2f}x" for a in ALGORITHMS]
             )
     rows.append(
         ["all six", "", "", *(f"{totals[name]:.3f}" for name in fns)]
-        + [f"{totals['xla'] / totals[a]:.2f}x" for a in TARGETS]
+        + [f"{totals['xla'] / totals[a]:.2f}x" for a in ALGORITHMS]
     )
     print(f"\nmedians of {args.rounds} interleaved rounds; the timed masks were checked too")
-    header = ["n", "selection", "k", "topk_mask ms", "C++ radix ms", "C++ probe ms"]
-    print(markdown_table([*header, "radix speed-up", "probe speed-up"], rows))
+    header = ["n", "selection", "k", "topk_mask (XLA) ms", "C++ radix ms", "native ms"]
+    print(markdown_table([*header, "radix speed-up", "native speed-up"], rows))
     print(f"masks that differ from topk_mask, all checks: {bad}")
     if args.step:
         step_rows, same = time_step(rounds=50, repeats=3)

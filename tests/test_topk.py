@@ -1,4 +1,8 @@
-"""topk_mask against a slow NumPy reference, under jit and vmap, and its bad inputs."""
+"""topk_mask against a slow NumPy reference, under jit and vmap, and its bad inputs.
+
+Every test runs twice: with the XLA implementation and with the optional native CPU kernel
+(:mod:`emrakul.masks.native`; skipped where no C++ compiler can build it).
+"""
 
 import chex
 import jax
@@ -7,7 +11,23 @@ import numpy as np
 import pytest
 from reference import ref_topk
 
-from emrakul.masks import topk_mask
+from emrakul.masks import native, topk_mask
+
+
+@pytest.fixture(autouse=True, params=["xla", "native"])
+def implementation(request, tmp_path_factory):
+    """Runs the test with ``topk_mask`` on XLA, then on the native kernel."""
+    if request.param == "native":
+        if native.status() == "not built yet":  # one cache per test session and process
+            mp = pytest.MonkeyPatch()
+            mp.setenv("EMRAKUL_CACHE_DIR", str(tmp_path_factory.mktemp("native")))
+            native.available()
+            mp.undo()
+        if not native.enable():
+            pytest.skip(f"native kernel {native.status()}")
+        assert native.TARGET in jax.jit(topk_mask).lower(jnp.ones(3), 1).as_text()
+    yield request.param
+    native.enable(False)
 
 
 def random_scores(rng: np.random.Generator, shape, kind: str) -> np.ndarray:
@@ -88,6 +108,7 @@ def test_axis_on_conv_kernel(rng):
 
 
 def test_jit_does_not_retrace_for_new_k(rng):
+    chex.clear_trace_counter()  # the test runs once per implementation
     x = jnp.asarray(rng.normal(size=(100,)), jnp.float32)
 
     @jax.jit

@@ -18,6 +18,9 @@ exist.
 
 ``k`` is a traced value: changing it does not recompile. NaN scores rank below every number
 (they are kept last), and ``-0.0`` equals ``+0.0``.
+
+On the CPU an optional native kernel gives the same masks several times faster; it is opt-in,
+see :mod:`emrakul.masks.native`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from emrakul.masks import native
 
 _MAX_ITERS = 512
 
@@ -249,7 +254,20 @@ def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:
     return jnp.where(need > 0, blk * block + pos + 1, 0)
 
 
-def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
+def _rows(x: jax.Array, k: jax.Array, impl: str | None) -> jax.Array:
+    """``_select_rows``, or the native CPU kernel (:mod:`emrakul.masks.native`) for float32
+    rows in programs compiled for the CPU; other platforms always get ``_select_rows``."""
+    if impl == "native" and not native.available():  # builds it if needed
+        raise RuntimeError(f"impl='native': the native top-k kernel is {native.status()}")
+    use_native = native.enabled() if impl is None else impl == "native"
+    if use_native and x.dtype == jnp.float32:
+        return jax.lax.platform_dependent(x, k, cpu=native.topk_rows, default=_select_rows)
+    return _select_rows(x, k)
+
+
+def topk_mask(
+    scores: jax.Array, k, axis: int | None = None, *, impl: str | None = None
+) -> jax.Array:
     """Boolean mask of the ``k`` largest ``scores``, exactly ``k`` ones, without sorting.
 
     Args:
@@ -260,6 +278,9 @@ def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
         e.g. per unit or channel).
       axis: ``None`` selects over the flattened array; an int selects independently within
         every 1-D slice along that axis.
+      impl: ``None`` (the default) follows :func:`emrakul.masks.native.enable`; ``"xla"``
+        always uses the XLA implementation; ``"native"`` uses the native CPU kernel for float32
+        scores in programs compiled for the CPU (building it if needed). All give the same mask.
 
     Returns:
       A bool array of ``scores.shape``. Ties are broken by position: among equal scores the one
@@ -267,8 +288,12 @@ def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
 
     Raises:
       TypeError: non-floating scores or a non-integer ``k``.
-      ValueError: a concrete ``k`` outside ``[0, n]``. A traced ``k`` is clipped into range.
+      ValueError: a concrete ``k`` outside ``[0, n]`` (a traced ``k`` is clipped into range),
+        or an unknown ``impl``.
+      RuntimeError: ``impl="native"`` where the native kernel cannot be built.
     """
+    if impl not in (None, "xla", "native"):
+        raise ValueError(f"impl must be None, 'xla' or 'native', got {impl!r}")
     x = _as_float(scores)
     if axis is None:
         n = x.size
@@ -277,7 +302,7 @@ def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
             return jnp.zeros(x.shape, bool)
         if jnp.ndim(k) != 0:
             raise ValueError(f"with axis=None, k must be a scalar, got shape {jnp.shape(k)}")
-        return _select_rows(x.reshape(1, n), k.reshape(1)).reshape(x.shape)
+        return _rows(x.reshape(1, n), k.reshape(1), impl).reshape(x.shape)
     if x.ndim == 0:
         raise ValueError("axis was given but scores is a scalar")
     axis = axis % x.ndim
@@ -294,5 +319,5 @@ def topk_mask(scores: jax.Array, k, axis: int | None = None) -> jax.Array:
     rows = int(np.prod(batch))
     if rows == 0 or n == 0:
         return jnp.zeros(x.shape, bool)
-    mask = _select_rows(moved.reshape(rows, n), k.reshape(rows))
+    mask = _rows(moved.reshape(rows, n), k.reshape(rows), impl)
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
