@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from emrakul import controllers as ctl
+from emrakul.masks import native
 from emrakul.masks.structures import NM, Structure, Units, Unstructured
 
 STRUCTURES = ("unstructured", "nm:N:M", "units")
@@ -81,6 +82,18 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
     _need(len(tuple(config.host.width)) >= 1, "host.width", "needs at least one hidden width")
     _need(int(config.data.num_samples) >= 100, "data.num_samples", "must be >= 100")
     _need(0.0 < float(config.data.val) < 0.5, "data.val", "must lie in (0, 0.5)")
+
+
+def apply_runtime_options(config: ml_collections.ConfigDict) -> None:
+    """Process-wide switches a config asks for: ``run.native_topk`` (default ``False``) turns on
+    the optional native CPU kernel of :func:`emrakul.masks.topk_mask`
+    (:func:`emrakul.masks.native.enable`); ``False`` leaves the current setting alone.
+
+    Raises:
+      RuntimeError: ``run.native_topk`` is set but the kernel cannot be built (no compiler).
+    """
+    if bool(config.get("run", {}).get("native_topk", False)):
+        native.enable(strict=True)
 
 
 def check_structure_fits(params_shapes, structure: Structure, filter_fn=None) -> None:

@@ -22,7 +22,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emrakul.config import validate
+from emrakul.config import apply_runtime_options, validate
 from emrakul.runner import run_controller
 from emrakul.stats import mean_ci
 from experiments.scale_flags import SHARD, start
@@ -103,6 +103,7 @@ def main(argv) -> None:
     names = [c.strip() for c in _CONTROLLERS.value]
     sparsities = [float(s) for s in _SPARSITIES.value]
     validate(base, names)
+    apply_runtime_options(base)
     path = os.path.join(workdir, "results.csv")
     finished = done_cells(read_rows(path))
     for sp in sparsities:

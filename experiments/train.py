@@ -22,7 +22,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emrakul.config import validate
+from emrakul.config import apply_runtime_options, validate
 from emrakul.runner import run_controller
 from experiments import report
 from experiments.scale_flags import SHARD, start
@@ -121,6 +121,7 @@ def main(argv) -> None:
         return
     names = controllers_of(config)
     validate(config, names)
+    apply_runtime_options(config)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     if writer:

@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 from reference import ref_topk
 
-from emrakul.masks import native, topk_mask
+from emrakul.masks import native, topk, topk_mask
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The kernel built once for this module (skips where there is no compiler)."""
-    if native.status() == "not built yet":
-        mp = pytest.MonkeyPatch()
-        mp.setenv("EMRAKUL_CACHE_DIR", str(tmp_path_factory.mktemp("native")))
-        native.available()
-        mp.undo()
+    """The kernel built once for this module (skips where there is no compiler); builds go to
+    a temporary cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMRAKUL_CACHE_DIR", str(tmp_path_factory.mktemp("native")))
     if not native.available():
+        mp.undo()
         pytest.skip(f"native kernel {native.status()}")
+    yield
+    mp.undo()
 
 
 @pytest.fixture
@@ -115,6 +116,43 @@ def test_impl_argument(rng, built):
     )
     with pytest.raises(ValueError, match="impl must be"):
         topk_mask(x, 3, impl="fast")
+
+
+def test_build_without_avx512_matches(rng, built):
+    """The portable path (no AVX-512 compaction) of the same source, on other CPUs."""
+    import ctypes
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only")
+    flags = (*(f for f in native._FLAGS if not f.startswith("-march")), "-march=x86-64-v2")
+    lib = ctypes.cdll.LoadLibrary(native._build(flags))
+    target = "emrakul_topk_mask_test_portable"
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(lib.EmrakulTopkMask), platform="cpu")
+    call = jax.jit(
+        lambda x, k: jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(x.shape, jnp.bool_))(x, k)
+    )
+    for kind in ["normal", "ties", "rigl_keep", "special"]:
+        x = jnp.asarray(big_scores(rng, 20_000, kind))
+        rows = topk._as_float(x).reshape(1, -1)
+        for k in [3, 2_000, 19_990]:
+            got = np.asarray(call(rows, jnp.full((1,), k, jnp.int32))).reshape(x.shape)
+            np.testing.assert_array_equal(got, xla_topk(x, k), err_msg=f"{kind} k={k}")
+
+
+def test_config_switch(built):
+    from emrakul.config import apply_runtime_options
+    from experiments.configs import default
+
+    config = default.get_config()
+    try:
+        apply_runtime_options(config)  # native_topk defaults to False: nothing changes
+        assert not native.enabled()
+        config.run.native_topk = True
+        apply_runtime_options(config)
+        assert native.enabled()
+    finally:
+        native.enable(False)
 
 
 def test_cache_is_reused(built):

@@ -75,8 +75,8 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def _build() -> str:
-    """Compiles the kernel (or finds it in the cache); returns the shared library's path.
+def _build(flags: tuple[str, ...] = _FLAGS) -> str:
+    """Compiles the kernel with ``flags`` (or finds it in the cache); returns the library's path.
 
     Raises:
       RuntimeError: no C++ compiler, or the compilation failed (the message has its output).
@@ -90,7 +90,7 @@ def _build() -> str:
     key = hashlib.sha256(
         b"\0".join(
             s if isinstance(s, bytes) else s.encode()
-            for s in (source, cxx, version, " ".join(_FLAGS), _cpu_signature(), jax.__version__)
+            for s in (source, cxx, version, " ".join(flags), _cpu_signature(), jax.__version__)
         )
     ).hexdigest()[:20]
     directory = _cache_dir()
@@ -100,7 +100,7 @@ def _build() -> str:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
-    cmd = [cxx, *_FLAGS, "-isystem", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+    cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:

@@ -31,6 +31,9 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``run.seed_loop``: ``"vmap"`` (seeds batched in one program) or ``"map"`` (one seed after the
   other: each seed's results equal that seed run alone, sharded or not, bit for bit on
   XLA:CPU; see :func:`emrakul.sharding.over_seeds`).
+* ``run.native_topk``: use the optional native CPU kernel for the exact top-k selections of the
+  mask updates (:mod:`emrakul.masks.native`: same masks, faster on the CPU; it needs a C++
+  compiler and is compiled on first use).
 """
 
 import ml_collections
@@ -58,5 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
             "anesthesia": {"threshold": 1.0, "depth": 1.0, "recovery": 0.01},
         }
     )
-    c.run = ml_collections.ConfigDict({"chunk": 5, "checkpoint": True, "seed_loop": "vmap"})
+    c.run = ml_collections.ConfigDict(
+        {"chunk": 5, "checkpoint": True, "seed_loop": "vmap", "native_topk": False}
+    )
     return c
