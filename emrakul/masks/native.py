@@ -24,7 +24,10 @@ The kernel is opt-in and never required:
   raises instead), :func:`status` says why, and everything keeps working on the XLA version.
 
 The custom call handles ``jax.vmap`` (every batch member is one more row) and traced ``k``
-(changing it does not recompile); ``topk_mask`` has no gradient, so nothing is lost to ``grad``.
+(changing it does not recompile). ``jax.grad`` and ``jax.jvp`` through ``topk_mask`` work as
+with the XLA version: the mask is boolean, and the scores enter the call behind
+``stop_gradient``. A program exported with ``jax.export`` that contains the call needs the
+kernel registered (``available()``) in the process that runs it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +44,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 
 TARGET = "emrakul_topk_mask_native"
 _SOURCE = os.path.join(os.path.dirname(__file__), "_native", "topk.cc")
@@ -49,12 +54,13 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"built": None, "status": "not built yet", "enabled": False}
 
 
-def _compiler() -> str | None:
-    if os.environ.get("CXX"):
-        return shutil.which(os.environ["CXX"])
-    for name in ("g++", "c++", "clang++"):
-        if shutil.which(name):
-            return shutil.which(name)
+def _compiler() -> list[str] | None:
+    """The compiler command (``$CXX`` may carry arguments, e.g. ``"ccache g++"``), or ``None``."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    for name in names:
+        cmd = shlex.split(name)
+        if cmd and shutil.which(cmd[0]):
+            return [shutil.which(cmd[0]), *cmd[1:]]
     return None
 
 
@@ -84,13 +90,21 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*cxx, "--version"], capture_output=True, errors="replace").stdout
     with open(_SOURCE, "rb") as f:
         source = f.read()
     key = hashlib.sha256(
         b"\0".join(
             s if isinstance(s, bytes) else s.encode()
-            for s in (source, cxx, version, " ".join(flags), _cpu_signature(), jax.__version__)
+            for s in (
+                source,
+                " ".join(cxx),
+                version,
+                " ".join(flags),
+                _cpu_signature(),
+                jax.__version__,
+                jaxlib.__version__,  # the FFI headers come with jaxlib
+            )
         )
     ).hexdigest()[:20]
     directory = _cache_dir()
@@ -100,11 +114,12 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
-    cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+    cmd = [*cxx, *flags, "-isystem", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, errors="replace")
         if out.returncode != 0:
             raise RuntimeError(f"compiling {_SOURCE} failed:\n$ {' '.join(cmd)}\n{out.stderr}")
+        os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache must be readable
         os.replace(tmp, path)  # atomic: concurrent processes never load a partial file
     finally:
         if os.path.exists(tmp):
@@ -113,7 +128,8 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
 
 
 def available() -> bool:
-    """Whether the native kernel is built and registered (builds it on the first call)."""
+    """Whether the native kernel is built and registered (builds it on the first call; a
+    failure is remembered for the rest of the process, :func:`status` says why)."""
     with _lock:
         if _state["built"] is None:
             try:
@@ -123,8 +139,8 @@ def available() -> bool:
                     TARGET, jax.ffi.pycapsule(lib.EmrakulTopkMask), platform="cpu"
                 )
                 _state.update(built=True, status=f"built: {path}")
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                _state.update(built=False, status=f"unavailable: {e}")
+            except Exception as e:  # any failure means: use the XLA version
+                _state.update(built=False, status=f"unavailable: {type(e).__name__}: {e}")
         return bool(_state["built"])
 
 

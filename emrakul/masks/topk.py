@@ -261,6 +261,8 @@ def _rows(x: jax.Array, k: jax.Array, impl: str | None) -> jax.Array:
         raise RuntimeError(f"impl='native': the native top-k kernel is {native.status()}")
     use_native = native.enabled() if impl is None else impl == "native"
     if use_native and x.dtype == jnp.float32:
+        # A bool mask has no gradient; the custom call has no JVP rule, so keep tangents out.
+        x = jax.lax.stop_gradient(x)
         return jax.lax.platform_dependent(x, k, cpu=native.topk_rows, default=_select_rows)
     return _select_rows(x, k)
 
