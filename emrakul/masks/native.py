@@ -91,8 +91,10 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
     version = subprocess.run([*cxx, "--version"], capture_output=True, errors="replace").stdout
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for name in sorted(os.listdir(os.path.dirname(_SOURCE))):  # topk.cc and the header it uses
+        with open(os.path.join(os.path.dirname(_SOURCE), name), "rb") as f:
+            source += name.encode() + b"\0" + f.read()
     key = hashlib.sha256(
         b"\0".join(
             s if isinstance(s, bytes) else s.encode()

@@ -35,15 +35,7 @@
 #include <immintrin.h>
 #endif
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-
-static inline uint32_t OrderedKey(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
+#include "rows.h"
 
 static inline float FromKey(uint32_t key) {
   const uint32_t b = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
@@ -216,28 +208,4 @@ static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
   for (int64_t j = 0; j < n; ++j) out[j] = (x[j] > thr) | ((x[j] == thr) & (j < cut));
 }
 
-// x: float32 [..., n]; k: int32, one count per row; out: bool, x's shape.
-static ffi::Error TopkMaskImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
-                               ffi::ResultBuffer<ffi::PRED> out) {
-  auto dims = x.dimensions();
-  if (dims.size() == 0) return ffi::Error::InvalidArgument("x must have at least one axis");
-  const int64_t n = dims.back();
-  if (n > std::numeric_limits<int32_t>::max())
-    return ffi::Error::InvalidArgument("rows longer than 2**31 - 1 are not supported");
-  int64_t rows = 1;
-  for (size_t d = 0; d + 1 < dims.size(); ++d) rows *= dims[d];
-  if (static_cast<int64_t>(k.element_count()) != rows)
-    return ffi::Error::InvalidArgument("k must hold one count per row");
-  std::vector<float> buf;
-  for (int64_t r = 0; r < rows && n > 0; ++r) {
-    const int64_t kr = std::clamp<int64_t>(k.typed_data()[r], 0, n);
-    SelectRow(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, buf);
-  }
-  return ffi::Error::Success();
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EmrakulTopkMask, TopkMaskImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::PRED>>());
+EMRAKUL_ROWS_HANDLER(EmrakulTopkMask, std::vector<float>, SelectRow);
