@@ -18,16 +18,9 @@
 
 #include "../emrakul/masks/_native/rows.h"
 
+// The mask of one row, 0 < k < n.
 static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
                       std::vector<uint32_t>& bucket) {
-  if (k <= 0) {
-    std::memset(out, 0, n);
-    return;
-  }
-  if (k >= n) {
-    std::memset(out, 1, n);
-    return;
-  }
   constexpr int kBits = 11;
   constexpr int kShift = 32 - kBits;
   // Four interleaved histograms: consecutive increments of one bin would otherwise wait on

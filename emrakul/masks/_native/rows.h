@@ -20,7 +20,8 @@ static inline uint32_t OrderedKey(float v) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Select(x, n, k, out, scratch) writes the mask of one row; Scratch is reused across rows.
+// Select(x, n, k, out, scratch) writes the mask of one row with 0 < k < n (rows with k = 0 or
+// k = n are filled here); Scratch is reused across rows.
 template <typename Scratch, void (*Select)(const float*, int64_t, int64_t, bool*, Scratch&)>
 static ffi::Error SelectRows(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
                              ffi::ResultBuffer<ffi::PRED> out) {
@@ -36,7 +37,11 @@ static ffi::Error SelectRows(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> k,
   Scratch scratch;
   for (int64_t r = 0; r < rows && n > 0; ++r) {
     const int64_t kr = std::clamp<int64_t>(k.typed_data()[r], 0, n);
-    Select(x.typed_data() + r * n, n, kr, out->typed_data() + r * n, scratch);
+    bool* row = out->typed_data() + r * n;
+    if (kr == 0 || kr == n)
+      std::memset(row, kr == n, n);
+    else
+      Select(x.typed_data() + r * n, n, kr, row, scratch);
   }
   return ffi::Error::Success();
 }

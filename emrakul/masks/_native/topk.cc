@@ -89,16 +89,8 @@ static int64_t Compact(const float* x, int64_t n, float lo, float hi, float* out
   return m;
 }
 
-static void SelectRow(const float* x, int64_t n, int64_t k, bool* out,
-                           std::vector<float>& buf) {
-  if (k <= 0) {
-    std::memset(out, 0, n);
-    return;
-  }
-  if (k >= n) {
-    std::memset(out, 1, n);
-    return;
-  }
+// The mask of one row, 0 < k < n.
+static void SelectRow(const float* x, int64_t n, int64_t k, bool* out, std::vector<float>& buf) {
   constexpr int64_t kCap = 8192;
   const float inf = std::numeric_limits<float>::infinity();
   // Invariants: #(x >= lo) = glo >= k and #(x > hi) = ghi < k, so lo <= (k-th largest) <= hi.
