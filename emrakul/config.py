@@ -90,7 +90,8 @@ def apply_runtime_options(config: ml_collections.ConfigDict) -> None:
     (:func:`emrakul.masks.native.enable`); ``False`` leaves the current setting alone.
 
     Raises:
-      RuntimeError: ``run.native_topk`` is set but the kernel cannot be built (no compiler).
+      RuntimeError: ``run.native_topk`` is set but the kernel cannot be built (no compiler, or
+        the compilation failed; the message says which).
     """
     if bool(config.get("run", {}).get("native_topk", False)):
         native.enable(strict=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 from emrakul import sharding as shd
 from emrakul.checkpoint import Checkpointer
 from emrakul.loop import IntervalMetrics, RunState, make_train
+from emrakul.masks import native
 
 
 class Carry(NamedTuple):
@@ -83,6 +85,19 @@ def _seed_loop_marker(workdir: str, controller: str, seed_loop: str, resuming: b
         )
 
 
+def _warn_native_on_mesh(mesh, seed_loop: str) -> None:
+    """The native top-k custom call has no sharding rule: in a ``vmap`` over seeds split on a
+    mesh, XLA gathers its inputs onto every device (results stay exact)."""
+    if mesh is not None and seed_loop == "vmap" and native.enabled():
+        warnings.warn(
+            "the native top-k kernel (run.native_topk / emrakul.masks.native) has no sharding "
+            "rule: with seed_loop='vmap' on a mesh every device gathers and computes all seeds' "
+            "selections (exact, but slower and not local); use run.seed_loop='map' "
+            "(shard_map keeps each device's seeds local) or leave the kernel off",
+            stacklevel=3,
+        )
+
+
 def run_controller(
     config: ml_collections.ConfigDict,
     controller: str,
@@ -132,6 +147,7 @@ def run_controller(
     if seed_loop not in shd.SEED_LOOPS:
         raise ValueError(f"seed_loop must be one of {shd.SEED_LOOPS}, got {seed_loop!r}")
     mesh = shd.seed_mesh() if shard else None
+    _warn_native_on_mesh(mesh, seed_loop)
     if mesh is not None:
         shd.check_divisible(seeds, mesh)
     trainer = make_train(config, controller)

@@ -170,6 +170,24 @@ def test_config_switch(built):
         config.run.native_topk = True
         apply_runtime_options(config)
         assert native.enabled()
+        config.run.native_topk = False
+        apply_runtime_options(config)  # False leaves the current setting alone
+        assert native.enabled()
+    finally:
+        native.enable(False)
+
+
+def test_warns_on_a_mesh_with_vmapped_seeds(built):
+    from emrakul import runner, sharding
+
+    mesh = sharding.seed_mesh()
+    runner._warn_native_on_mesh(mesh, "vmap")  # switch off: nothing to say
+    try:
+        native.enable()
+        with pytest.warns(UserWarning, match="no sharding rule"):
+            runner._warn_native_on_mesh(mesh, "vmap")
+        runner._warn_native_on_mesh(mesh, "map")
+        runner._warn_native_on_mesh(None, "vmap")
     finally:
         native.enable(False)
 
@@ -188,7 +206,7 @@ def test_without_compiler_falls_back(rng, monkeypatch, tmp_path):
     monkeypatch.setitem(native._state, "enabled", False)
     assert not native.enable()
     assert not native.enabled()
-    assert native.status().startswith("unavailable: RuntimeError: no C++ compiler")
+    assert native.status().startswith("unavailable: RuntimeError: no C++ compiler: $CXX=")
     with pytest.raises(RuntimeError, match=r"no C\+\+ compiler"):
         native.enable(strict=True)
     with pytest.raises(RuntimeError, match=r"impl='native'.*no C\+\+ compiler"):

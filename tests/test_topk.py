@@ -16,18 +16,25 @@ from emrakul.masks import native, topk_mask
 
 @pytest.fixture(autouse=True, params=["xla", "native"])
 def implementation(request, tmp_path_factory):
-    """Runs the test with ``topk_mask`` on XLA, then on the native kernel."""
-    if request.param == "native":
-        if native.status() == "not built yet":  # one cache per test session and process
-            mp = pytest.MonkeyPatch()
-            mp.setenv("EMRAKUL_CACHE_DIR", str(tmp_path_factory.mktemp("native")))
-            native.available()
-            mp.undo()
-        if not native.enable():
-            pytest.skip(f"native kernel {native.status()}")
-        assert native.TARGET in jax.jit(topk_mask).lower(jnp.ones(3), 1).as_text()
-    yield request.param
-    native.enable(False)
+    """Runs the test with ``topk_mask`` on XLA, then on the native kernel; checks in the lowered
+    program that the intended one runs, and always leaves the native switch off."""
+    lowered = lambda: jax.jit(topk_mask).lower(jnp.ones(3), 1).as_text()
+    try:
+        if request.param == "native":
+            if native.status() == "not built yet":  # one cache per test session and process
+                mp = pytest.MonkeyPatch()
+                mp.setenv("EMRAKUL_CACHE_DIR", str(tmp_path_factory.mktemp("native")))
+                native.available()
+                mp.undo()
+            if not native.enable():
+                pytest.skip(f"native kernel {native.status()}")
+            assert native.TARGET in lowered()
+        else:
+            native.enable(False)
+            assert native.TARGET not in lowered()
+        yield request.param
+    finally:
+        native.enable(False)
 
 
 def random_scores(rng: np.random.Generator, shape, kind: str) -> np.ndarray:

@@ -7,14 +7,15 @@ same selection, bit for bit, as an XLA FFI custom call: two-threshold count pass
 the C++ compiler narrow a bracket around the k-th value, an AVX-512 compaction gathers the few
 entries inside it and ``std::nth_element`` picks the threshold (the file's header has the
 details). Measured by ``python -m benchmarks.topk_ffi --step`` it makes the six selections of a
-RigL update ~2.8x faster and the RigL step ~1.4x the dense step (see BUILD_NOTES.md).
+RigL update ~2.7x faster and the RigL step ~1.4x the dense step (see BUILD_NOTES.md).
 
 The kernel is opt-in and never required:
 
 * :func:`enable` compiles ``topk.cc`` with the system's C++ compiler (``$CXX``, else ``g++``,
-  ``c++`` or ``clang++``; flags ``-O3 -march=native``) into a cache directory
+  ``c++`` or ``clang++``; flags ``-O3 -march=native -fopenmp-simd``) into a cache directory
   (``$EMRAKUL_CACHE_DIR``, else ``$XDG_CACHE_HOME/emrakul`` or ``~/.cache/emrakul``), keyed by
-  the source, compiler, flags, CPU and jax version, loads it, registers the custom call, and from
+  the sources, compiler, flags, CPU and jax/jaxlib versions, loads it, registers the custom
+  call, and from
   then on :func:`emrakul.masks.topk_mask` uses it for float32 scores in programs compiled for the
   CPU (``jax.lax.platform_dependent``: the same program on a GPU or TPU uses the XLA version).
   Switching clears JAX's caches (``jax.clear_caches``), so every function traced afterwards,
@@ -27,7 +28,9 @@ The custom call handles ``jax.vmap`` (every batch member is one more row) and tr
 (changing it does not recompile). ``jax.grad`` and ``jax.jvp`` through ``topk_mask`` work as
 with the XLA version: the mask is boolean, and the scores enter the call behind
 ``stop_gradient``. A program exported with ``jax.export`` that contains the call needs the
-kernel registered (``available()``) in the process that runs it.
+kernel registered (``available()``) in the process that runs it. The call has no sharding
+rule: inside a ``vmap`` whose batch is split over a mesh, XLA gathers its inputs onto every
+device (still exact); under ``shard_map`` (``run.seed_loop="map"``) each device keeps its rows.
 """
 
 from __future__ import annotations
@@ -54,14 +57,22 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"built": None, "status": "not built yet", "enabled": False}
 
 
-def _compiler() -> list[str] | None:
-    """The compiler command (``$CXX`` may carry arguments, e.g. ``"ccache g++"``), or ``None``."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-    for name in names:
-        cmd = shlex.split(name)
-        if cmd and shutil.which(cmd[0]):
-            return [shutil.which(cmd[0]), *cmd[1:]]
-    return None
+def _compiler() -> list[str]:
+    """The compiler command (``$CXX`` may carry arguments, e.g. ``"ccache g++"``).
+
+    Raises:
+      RuntimeError: ``$CXX`` names no program on the PATH, or (without ``$CXX``) none of
+        ``g++``, ``c++``, ``clang++`` is installed.
+    """
+    if os.environ.get("CXX"):
+        cmd = shlex.split(os.environ["CXX"])
+        if not cmd or shutil.which(cmd[0]) is None:
+            raise RuntimeError(f"no C++ compiler: $CXX={os.environ['CXX']!r} is not on the PATH")
+        return [shutil.which(cmd[0]), *cmd[1:]]
+    for name in ("g++", "c++", "clang++"):
+        if shutil.which(name):
+            return [shutil.which(name)]
+    raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
 
 
 def _cache_dir() -> str:
@@ -88,13 +99,13 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
       RuntimeError: no C++ compiler, or the compilation failed (the message has its output).
     """
     cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
     version = subprocess.run([*cxx, "--version"], capture_output=True, errors="replace").stdout
     source = b""
-    for name in sorted(os.listdir(os.path.dirname(_SOURCE))):  # topk.cc and the header it uses
-        with open(os.path.join(os.path.dirname(_SOURCE), name), "rb") as f:
-            source += name.encode() + b"\0" + f.read()
+    folder = os.path.dirname(_SOURCE)
+    for name in sorted(os.listdir(folder)):  # topk.cc and the header it includes
+        if os.path.isfile(os.path.join(folder, name)):
+            with open(os.path.join(folder, name), "rb") as f:
+                source += name.encode() + b"\0" + f.read()
     key = hashlib.sha256(
         b"\0".join(
             s if isinstance(s, bytes) else s.encode()

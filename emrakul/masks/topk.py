@@ -281,8 +281,10 @@ def topk_mask(
       axis: ``None`` selects over the flattened array; an int selects independently within
         every 1-D slice along that axis.
       impl: ``None`` (the default) follows :func:`emrakul.masks.native.enable`; ``"xla"``
-        always uses the XLA implementation; ``"native"`` uses the native CPU kernel for float32
-        scores in programs compiled for the CPU (building it if needed). All give the same mask.
+        always uses the XLA implementation; ``"native"`` uses the native CPU kernel (building
+        it if needed) in programs compiled for the CPU, for float32 scores and for bfloat16 /
+        float16 ones (selected as float32, like the XLA version does); float64 scores stay on
+        XLA. All give the same mask.
 
     Returns:
       A bool array of ``scores.shape``. Ties are broken by position: among equal scores the one
