@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
-import tempfile
 
 import jax
 
+from emrakul.masks import native
 
-def build_and_register(
-    source: str, symbol: str, target: str, cxx: str = "g++", openmp: bool = False
-) -> None:
-    """Compiles ``benchmarks/<source>`` with ``cxx`` and registers its handler ``symbol`` as the
-    CPU custom-call target ``target`` (``-O3 -march=native``: the library is built for this
-    machine only)."""
-    if shutil.which(cxx) is None:
-        raise SystemExit(f"no C++ compiler {cxx!r} on PATH (pass --cxx)")
+
+def build_and_register(source: str, symbol: str, target: str, openmp: bool = False) -> None:
+    """Compiles ``benchmarks/<source>`` as the library's native kernel is compiled
+    (``emrakul.masks.native._compile``: ``$CXX`` or g++, ``-O3 -march=native``, cached) and
+    registers its handler ``symbol`` as the CPU custom-call target ``target``; ``openmp`` links
+    OpenMP's threads (``-fopenmp``) instead of only its SIMD pragmas."""
     src = os.path.join(os.path.dirname(__file__), source)
-    cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wall"]
-    cmd += ["-fopenmp"] if openmp else []
-    with tempfile.TemporaryDirectory() as tmp:
-        lib_path = os.path.join(tmp, "lib.so")
-        subprocess.run([*cmd, "-isystem", jax.ffi.include_dir(), src, "-o", lib_path], check=True)
-        lib = ctypes.cdll.LoadLibrary(lib_path)  # stays mapped after the file is removed
+    flags = tuple(f for f in native._FLAGS if f != "-fopenmp-simd") if openmp else native._FLAGS
+    try:
+        path = native._compile(src, (*flags, "-fopenmp") if openmp else flags)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from e
+    lib = ctypes.cdll.LoadLibrary(path)
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")

@@ -21,7 +21,7 @@ Run: ``python -m benchmarks.compaction [--widths 1024,1024] [--rounds 30] [--ser
    single requests. The plain batch-1 row interleaves single calls of the three models, so
    every call starts with the other models' weights in the cache (and the compact model's
    after the 7.4 MB dense one's): an isolated request. ``--cold R`` adds a fourth: R rounds of
-   single calls, each made right after writing a 64 MB buffer (caches evicted, the runtime's
+   single calls, each made right after reading a 64 MB buffer (caches evicted, the runtime's
    worker threads idle), the three models in a new random order every round; a trivial jitted
    function timed the same way gives the floor that every cold call pays whatever the model.
 2. Checkpoint size on disk (sum of file sizes) of a ``784-512-512-10`` MLP with random weights:

@@ -91,9 +91,15 @@ def problem(batch: int):
     return loss_fn, params, optax.adam(1e-3), masks
 
 
-def build(batch: int, select=msk.topk_mask):
+def same_masks(a, b) -> bool:
+    """Whether two mask trees are equal leaf by leaf."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(bool(jnp.array_equal(x, y)) for x, y in pairs)
+
+
+def build(batch: int, select=msk.topk_mask, update=vitals.update):
     """The timed steps (jitted, buffers donated) and their initial states; ``select`` is the
-    top-k mask used by the RigL step."""
+    top-k mask of the RigL step, ``update`` the vital-signs update of the vitals steps."""
     loss_fn, params, tx, masks = problem(batch)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -138,14 +144,14 @@ def build(batch: int, select=msk.topk_mask):
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def with_vitals(p, o, v, m):
         g = jax.grad(loss_fn)(msk.apply(p, m))  # dense gradient w.r.t. the masked weights
-        v = vitals.update(v, p, g, m)
+        v = update(v, p, g, m)
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, v
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
     def with_rigl(p, o, v, m):
         g = jax.grad(loss_fn)(msk.apply(p, m))
-        v = vitals.update(v, p, g, m)
+        v = update(v, p, g, m)
         m = rigl_masks(m, p, g, DROP_FRACTION, select)
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, v, m
@@ -225,8 +231,7 @@ def main() -> None:
     print(markdown_table(["step", "ms", "ratio to dense", "target"], rows))
     print(f"(dense median {med['dense'][0] * 1e3:.3f} ms)")
     if "+ rigl masks (native top-k)" in med:
-        pairs = zip(jax.tree.leaves(rigl_state[3]), jax.tree.leaves(native_state[3]), strict=True)
-        same = all(bool(jnp.array_equal(a, b)) for a, b in pairs)
+        same = same_masks(rigl_state[3], native_state[3])
         print(f"RigL masks identical with the XLA and the native top-k after all steps: {same}")
         if not same:
             raise SystemExit(1)

@@ -19,7 +19,7 @@ among the active entries, the rest -inf; regrow the largest |g| among the others
 ``--step`` it also times the RigL train step of :mod:`benchmarks.step_overhead` with each
 selection against the dense step, as ratios measured in one run (the issue's target: 1.5x).
 
-Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--step] [--cxx g++]``
+Run: ``python -m benchmarks.topk_ffi [--rounds 100] [--step]``
 """
 
 from __future__ import annotations
@@ -127,15 +127,7 @@ def time_step(rounds: int, repeats: int) -> tuple[list[list[object]], bool]:
         runs[f"+ rigl masks ({name})"] = (steps["+ rigl masks"], finals[name], 4)
     med = step_ratios(runs, rounds=rounds, repeats=repeats)
     # The three RigL runs took the same steps from the same start: their masks must agree.
-    same = all(
-        all(
-            np.array_equal(a, b)
-            for a, b in zip(
-                jax.tree.leaves(m[3]), jax.tree.leaves(finals["topk_mask"][3]), strict=True
-            )
-        )
-        for m in finals.values()
-    )
+    same = all(step_overhead.same_masks(m[3], finals["topk_mask"][3]) for m in finals.values())
     print(f"RigL masks after the timed steps identical across selections: {same}")
     rows = [[name, f"{t * 1e3:.3f}", f"{ratio:.3f}"] for name, (t, ratio) in med.items()]
     return rows, same
@@ -145,9 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--step", action="store_true", help="also time the RigL train step")
-    parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    build_and_register("topk_ffi.cc", "EmrakulTopkMask", TARGET, args.cxx)
+    build_and_register("topk_ffi.cc", "EmrakulTopkMask", TARGET)
     if not native.available():
         raise SystemExit(f"the native kernel is {native.status()}")
     bad = 0

@@ -9,9 +9,9 @@ ages, debias, counts exactly equal), then times, interleaved in one process, the
 ``benchmarks.step_overhead`` (MLP 784-512-512-10, Adam, batch 256) with the XLA update and with
 the kernel. It is a benchmark, not library code: nothing in ``emrakul`` uses it.
 
-Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--block 1] [--trace 0]
-[--cxx g++]``. ``--block K`` times K consecutive steps of one variant per round (a training
-loop's steady state) instead of one; ``--trace N`` then profiles N consecutive steps of each
+Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--block 1] [--trace 0]``.
+``--block K`` times K consecutive steps of one variant per round (a training loop's steady
+state) instead of one; ``--trace N`` then profiles N consecutive steps of each
 variant with ``jax.profiler`` and prints the mean time per step of the custom calls and of
 XLA's biggest operations.
 """
@@ -19,18 +19,15 @@ XLA's biggest operations.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks import step_overhead
 from benchmarks._ffi import build_and_register
 from benchmarks._timing import carry_runner, markdown_table, step_ratios
-from benchmarks.step_overhead import problem
-from emrakul import masks as msk
 from emrakul import vitals
 from emrakul.vitals.state import VitalsState, update_leaves
 
@@ -96,42 +93,22 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=1, help="consecutive steps per round")
     parser.add_argument("--trace", type=int, default=0, help="profile this many steps; 0: off")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cxx", default="g++")
     args = parser.parse_args()
-    build_and_register("vitals_ffi.cc", "EmrakulVitalsLeaf", TARGET, args.cxx, openmp=True)
+    build_and_register("vitals_ffi.cc", "EmrakulVitalsLeaf", TARGET, openmp=True)
     bad = check()
     print(f"fields that differ from vitals.update after 3 steps: {bad or 'none'}")
 
-    loss_fn, params, tx, masks = problem(256)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def dense(p, o):
-        u, o = tx.update(jax.grad(loss_fn)(p), o, p)
-        return optax.apply_updates(p, u), o
-
-    def with_vitals(update):
-        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-        def step(p, o, v, m):
-            g = jax.grad(loss_fn)(msk.apply(p, m))
-            v = update(v, p, g, m)
-            u, o = tx.update(g, o, p)
-            return optax.apply_updates(p, u), o, v
-
-        return step
-
+    params, opt, vit, masks, steps = step_overhead.build(256)
+    kernel_step = step_overhead.build(256, update=ffi_update)[4]["vitals+masks"]
     copy = lambda t: jax.tree.map(jnp.copy, t)
     steps = {
-        "dense": (dense, [copy(params), tx.init(params)], 2),
+        "dense": (steps["dense"], [copy(params), copy(opt)], 2),
         "vitals+masks (XLA)": (
-            with_vitals(vitals.update),
-            [copy(params), tx.init(params), vitals.init(params), masks],
+            steps["vitals+masks"],
+            [copy(params), copy(opt), copy(vit), masks],
             3,
         ),
-        "vitals+masks (C++ kernel)": (
-            with_vitals(ffi_update),
-            [copy(params), tx.init(params), vitals.init(params), masks],
-            3,
-        ),
+        "vitals+masks (C++ kernel)": (kernel_step, [copy(params), copy(opt), copy(vit), masks], 3),
     }
 
     med = step_ratios(steps, rounds=args.rounds, repeats=args.repeats, block=args.block)

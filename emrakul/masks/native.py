@@ -92,25 +92,29 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def _build(flags: tuple[str, ...] = _FLAGS) -> str:
-    """Compiles the kernel with ``flags`` (or finds it in the cache); returns the library's path.
+def _compile(source: str, flags: tuple[str, ...]) -> str:
+    """Compiles the C++ file ``source`` into a shared library with ``flags`` against jaxlib's
+    FFI headers, or finds it in the cache; returns the library's path. The cache key covers the
+    source, the headers beside the native kernel (``_native/``), compiler, flags, CPU and
+    jax/jaxlib versions. (The benchmarks build their C++ prototypes with it too.)
 
     Raises:
       RuntimeError: no C++ compiler, or the compilation failed (the message has its output).
     """
     cxx = _compiler()
     version = subprocess.run([*cxx, "--version"], capture_output=True, errors="replace").stdout
-    source = b""
     folder = os.path.dirname(_SOURCE)
-    for name in sorted(os.listdir(folder)):  # topk.cc and the header it includes
-        if os.path.isfile(os.path.join(folder, name)):
-            with open(os.path.join(folder, name), "rb") as f:
-                source += name.encode() + b"\0" + f.read()
+    files = [source] + [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    code = b""
+    for path in files:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                code += os.path.basename(path).encode() + b"\0" + f.read()
     key = hashlib.sha256(
         b"\0".join(
             s if isinstance(s, bytes) else s.encode()
             for s in (
-                source,
+                code,
                 " ".join(cxx),
                 version,
                 " ".join(flags),
@@ -121,23 +125,29 @@ def _build(flags: tuple[str, ...] = _FLAGS) -> str:
         )
     ).hexdigest()[:20]
     directory = _cache_dir()
-    path = os.path.join(directory, f"topk_{key}.so")
+    name = os.path.splitext(os.path.basename(source))[0]
+    path = os.path.join(directory, f"{name}_{key}.so")
     if os.path.exists(path):
         return path
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
-    cmd = [*cxx, *flags, "-isystem", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+    cmd = [*cxx, *flags, "-isystem", jax.ffi.include_dir(), source, "-o", tmp]
     try:
         out = subprocess.run(cmd, capture_output=True, errors="replace")
         if out.returncode != 0:
-            raise RuntimeError(f"compiling {_SOURCE} failed:\n$ {' '.join(cmd)}\n{out.stderr}")
+            raise RuntimeError(f"compiling {source} failed:\n$ {' '.join(cmd)}\n{out.stderr}")
         os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache must be readable
         os.replace(tmp, path)  # atomic: concurrent processes never load a partial file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _build(flags: tuple[str, ...] = _FLAGS) -> str:
+    """The native kernel's library (:func:`_compile` of ``_native/topk.cc``)."""
+    return _compile(_SOURCE, flags)
 
 
 def available() -> bool:
