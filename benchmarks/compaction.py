@@ -43,8 +43,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from benchmarks._timing import back_to_back, cold_medians, interleaved_medians, markdown_table
-from emrakul import export, hosts
+from emrakul import export
 from emrakul import masks as msk
+from emrakul.lab import hosts
 from emrakul.masks import nm_mask
 
 COLD = "1 (cold: cache flushed)"

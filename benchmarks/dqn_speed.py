@@ -3,13 +3,13 @@
 Run: ``python -m benchmarks.dqn_speed [--widths 1,2] [--seeds 2] [--rounds 5]``
 (``--widths 1,2,4`` adds the 4x-wide network).
 
-For each width, the dense and the GMP DQN programs (:mod:`emrakul.hosts.dqn`, default MinAtar
+For each width, the dense and the GMP DQN programs (:mod:`emrakul.lab.hosts.dqn`, default MinAtar
 config: 4 environments, an update every 4 environment steps, batch 32, a surgery every
 ``--prune-every`` updates) are compiled once, advanced to 40% of training (GMP is then pruning),
 and chunks of ``--intervals`` surgery intervals are timed interleaved (round-robin over every
 program), ``--rounds`` times; the table reports medians, env steps counting all seeds and
 environments. A second table times the MinAtar Q-network's forward + backward pass (batch 32) in
-a jitted ``lax.scan`` with ``flax.linen.Conv`` against :class:`~emrakul.hosts.rl_nets.Conv2D`
+a jitted ``lax.scan`` with ``flax.linen.Conv`` against :class:`~emrakul.lab.hosts.rl_nets.Conv2D`
 (shifted slices + one matmul), single and ``vmap``-ped over ``--seeds``.
 """
 
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks._timing import interleaved_medians, markdown_table
-from emrakul.hosts import dqn
-from emrakul.hosts.rl_nets import MinAtarQNetwork
+from emrakul.lab.hosts import dqn
+from emrakul.lab.hosts.rl_nets import MinAtarQNetwork
 
 
 class _FlaxConvQNetwork(nn.Module):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks._timing import interleaved_medians, markdown_table
-from emrakul.loop import make_train
+from emrakul.lab.loop import make_train
 from experiments.configs.default import get_config
 
 

@@ -5,7 +5,7 @@ Run: ``python -m benchmarks.sharded_sweep [--seeds 8] [--devices 8] [--controlle
 
 The script forces ``--devices`` CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``,
 set before JAX is imported) and compiles the whole training run of ``--seeds`` seeds for each
-seed loop (:func:`emrakul.sharding.over_seeds`) twice: unsharded (every seed on one device) and
+seed loop (:func:`emrakul.lab.sharding.over_seeds`) twice: unsharded (every seed on one device) and
 sharded (the seeds split over a 1-D ``"seeds"`` mesh of all devices). It times compilation and
 the median of ``--rounds`` runs of each (interleaved), compares the final test accuracies,
 params and masks of sharded vs unsharded, and checks seed 0 against seed 0 trained alone. The
@@ -55,8 +55,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._timing import interleaved_medians, markdown_table  # noqa: E402
-from emrakul import sharding as shd  # noqa: E402
-from emrakul.loop import make_train  # noqa: E402
+from emrakul.lab import sharding as shd  # noqa: E402
+from emrakul.lab.loop import make_train  # noqa: E402
 from experiments.configs.default import get_config  # noqa: E402
 
 

@@ -358,7 +358,7 @@ def compact_model(module: Any, compacted: Compacted) -> Any:
     """The Flax module of the compact network: ``hosts.MLP`` or ``hosts.CNN1D`` with new widths.
 
     Args:
-      module: the original ``emrakul.hosts.MLP`` or ``emrakul.hosts.CNN1D``.
+      module: the original ``emrakul.lab.hosts.MLP`` or ``emrakul.lab.hosts.CNN1D``.
       compacted: the result of :func:`compact` on its params.
 
     Returns:
@@ -368,7 +368,7 @@ def compact_model(module: Any, compacted: Compacted) -> Any:
     Raises:
       ValueError: another module type, or a layer count that does not match.
     """
-    from emrakul.hosts.classifier import CNN1D, MLP  # imported on use: hosts load the data code
+    from emrakul.lab.hosts.classifier import CNN1D, MLP  # imported on use: hosts load the data code
 
     widths = tuple(compacted.widths)
     if isinstance(module, MLP):

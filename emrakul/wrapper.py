@@ -21,7 +21,7 @@ zeroed); RigL-style regrowth reads it for inactive weights at no extra cost.
 
 Surgery happens inside ``update`` every ``every`` steps (``step % every == 0``, so also at the
 first call). A caller that drives the schedule itself - the compiled loop in
-:mod:`emrakul.loop`, which puts surgery between scans so that nothing is decided by a
+:mod:`emrakul.lab.loop`, which puts surgery between scans so that nothing is decided by a
 ``lax.cond`` on a batched step - passes ``surgery=True`` or ``surgery=False``.
 """
 
@@ -136,7 +136,8 @@ def observation(
 ) -> Observation:
     """The :class:`~emrakul.controllers.base.Observation` a controller sees at a surgery.
 
-    The wrapper builds every observation with it, and so does :class:`emrakul.env.SurgeryEnv`,
+    The wrapper builds every observation with it, and so does
+    :class:`emrakul.lab.meta.env.SurgeryEnv`,
     so that a policy sees the same thing in training and when deployed.
 
     Args:
@@ -179,7 +180,8 @@ def state_observation(
     activations: Any = None,
 ) -> Observation:
     """The observation of a host from its wrapper state, as the meta-training environments
-    (:class:`emrakul.env.SurgeryEnv`, :class:`emrakul.rl_env.DQNSurgeryEnv`) build it.
+    (:class:`emrakul.lab.meta.env.SurgeryEnv`, :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`)
+    build it.
 
     The gradient is the vital signs' gradient mean and the key the state's own key.
 

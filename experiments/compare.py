@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from emrakul.stats import mean_ci
+from emrakul.lab.stats import mean_ci
 
 _BASE = flags.DEFINE_string("base", None, "DIR:controller of the reference.", required=True)
 _OTHER = flags.DEFINE_multi_string("other", [], "DIR:controller to compare (repeatable).")

@@ -3,7 +3,8 @@
     python -m experiments.eval_rl_env --policies rl=/tmp/agent_rl/agent [--hosts 16] [--seed 1000]
 
 Runs one episode (one whole CartPole DQN training run, a decision per surgery interval) of
-:class:`emrakul.rl_env.DQNSurgeryEnv` per host, for every policy on the *same* host seeds, and
+:class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv` per host, for every policy on the *same* host seeds,
+and
 prints the mean episode return of the agent's reward and the hosts' final return (mean ± 95%
 Student-t CI over hosts, and the paired difference to the ``neutral`` policy). ``neutral`` is
 always included: an agent with zero output heads, whose deterministic action is "follow the GMP
@@ -26,8 +27,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent import networks as nw
-from emrakul.agent.train import PPOConfig
-from emrakul.stats import mean_ci
+from emrakul.lab.meta.train import PPOConfig
+from emrakul.lab.stats import mean_ci
 from experiments import rl_population
 
 _CONFIG = config_flags.DEFINE_config_file(

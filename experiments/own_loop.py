@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 import emrakul  # +emrakul
-from emrakul.hosts.mnist1d import load_mnist1d, sample_batch
+from emrakul.lab.hosts.mnist1d import load_mnist1d, sample_batch
 
 
 class MLP(nn.Module):

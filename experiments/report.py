@@ -6,8 +6,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from emrakul.runner import Result, rows
-from emrakul.stats import mean_ci
+from emrakul.lab.runner import Result, rows
+from emrakul.lab.stats import mean_ci
 
 
 def summarize(results: Sequence[Result]) -> dict[str, dict]:

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from emrakul.env import population
-from emrakul.hosts.dqn import DQNConfig
-from emrakul.rl_env import DQNSurgeryEnv
+from emrakul.lab.hosts.dqn import DQNConfig
+from emrakul.lab.meta.env import population
+from emrakul.lab.meta.rl_env import DQNSurgeryEnv
 
 
 def build(
     config: ml_collections.ConfigDict, drop_features: Sequence[str] = ()
 ) -> list[DQNSurgeryEnv]:
-    """One :class:`~emrakul.rl_env.DQNSurgeryEnv` group per ``config.population`` entry.
+    """One :class:`~emrakul.lab.meta.rl_env.DQNSurgeryEnv` group per ``config.population`` entry.
 
     Args:
       config: with ``rl`` (the ``DQNConfig`` fields), ``population`` (``;``-separated MLP

@@ -1,8 +1,8 @@
 """Command-line flags shared by the experiments that scale out: seed sharding and multi-host.
 
 ``--shard`` splits the vmapped seeds of every run over a 1-D mesh of all devices
-(:mod:`emrakul.sharding`); ``--coordinator_address``, ``--num_processes`` and ``--process_id``
-join a multi-process JAX runtime (:func:`emrakul.sharding.initialize_distributed`). Defined once
+(:mod:`emrakul.lab.sharding`); ``--coordinator_address``, ``--num_processes`` and ``--process_id``
+join a multi-process JAX runtime (:func:`emrakul.lab.sharding.initialize_distributed`). Defined once
 here so that several absl apps can share them (absl refuses a flag defined twice).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from emrakul.sharding import initialize_distributed
+from emrakul.lab.sharding import initialize_distributed
 
 SHARD = flags.DEFINE_bool("shard", False, "Split the seeds over all devices (1-D mesh).")
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of rank 0.")

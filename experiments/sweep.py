@@ -22,9 +22,9 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emrakul.config import apply_runtime_options, validate
-from emrakul.runner import run_controller
-from emrakul.stats import mean_ci
+from emrakul.lab.config import apply_runtime_options, validate
+from emrakul.lab.runner import run_controller
+from emrakul.lab.stats import mean_ci
 from experiments.scale_flags import SHARD, start
 
 _CONFIG = config_flags.DEFINE_config_file(

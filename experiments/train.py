@@ -9,7 +9,7 @@ sparsity), ``accuracy_loss.png``, ``layer_sparsity.png``, ``mask_churn.png``, an
 checkpoints under ``checkpoints/`` from which an interrupted run resumes.
 
 With an RL config (one that has an ``rl`` field, e.g. ``experiments/configs/cartpole_dqn.py``)
-it trains a DQN host (:mod:`emrakul.hosts.dqn`) per controller instead, seeds vmapped, and
+it trains a DQN host (:mod:`emrakul.lab.hosts.dqn`) per controller instead, seeds vmapped, and
 writes ``rl_metrics.jsonl`` (one row per controller, seed and surgery interval), ``summary.md``
 (return of the episodes of the last 20% of training, mean and 95% CI; final sparsity) and
 ``returns.png``; it checkpoints each controller's run under ``checkpoints/`` and resumes.
@@ -22,8 +22,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emrakul.config import apply_runtime_options, validate
-from emrakul.runner import run_controller
+from emrakul.lab.config import apply_runtime_options, validate
+from emrakul.lab.runner import run_controller
 from experiments import report
 from experiments.scale_flags import SHARD, start
 
@@ -48,8 +48,8 @@ def _main_rl(config, workdir: str) -> None:
 
     import numpy as np
 
-    from emrakul import stats
-    from emrakul.hosts import dqn
+    from emrakul.lab import stats
+    from emrakul.lab.hosts import dqn
     from experiments import minatar_sweep as sweep
 
     base = dqn.DQNConfig(**dict(config.rl))

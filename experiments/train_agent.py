@@ -13,11 +13,12 @@ population uses the experiment config's host, data, training and pruning fields 
 ``--config.FIELD=VALUE``).
 
 With ``--config.population="64,64;32,32,32;128"`` the population mixes host widths and depths
-(one group per entry, ``--hosts`` seeds each; :func:`emrakul.env.population` pads them to one
+(one group per entry, ``--hosts`` seeds each; :func:`emrakul.lab.meta.env.population` pads them to
+one
 observation shape); the per-group final test accuracy is logged as ``test_accuracy/G``.
 
 With ``--config experiments/configs/agent_rl.py`` the hosts are RL agents instead: CartPole DQNs
-(:class:`emrakul.rl_env.DQNSurgeryEnv`; ``--config.population`` lists MLP widths), and the
+(:class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`; ``--config.population`` lists MLP widths), and the
 logged final score is the hosts' final training return (``final_return``; ``final_score`` is it
 divided by the game's return scale). Deploy such a policy in the MinAtar sweep as an extra arm:
 ``--config.arms=magistrate_rl --config.magistrate.policies=rl=WORKDIR/agent``.
@@ -38,9 +39,9 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emrakul.agent.train import PPOConfig, make_agent_train
-from emrakul.checkpoint import Checkpointer
-from emrakul.env import SurgeryEnv, population
+from emrakul.lab.checkpoint import Checkpointer
+from emrakul.lab.meta.env import SurgeryEnv, population
+from emrakul.lab.meta.train import PPOConfig, make_agent_train
 from experiments import rl_population
 
 _CONFIG = config_flags.DEFINE_config_file(

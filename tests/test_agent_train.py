@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 
-from emrakul.agent.train import PPOConfig, make_agent_train
-from emrakul.env import SurgeryEnv
+from emrakul.lab.meta.env import SurgeryEnv
+from emrakul.lab.meta.train import PPOConfig, make_agent_train
 from experiments.configs.default import get_config
 
 
@@ -31,7 +31,7 @@ def test_ppo_update_runs_and_learns_something():
 def test_population_of_different_widths_and_depths_shares_one_policy():
     import pytest
 
-    from emrakul.env import population
+    from emrakul.lab.meta.env import population
 
     def host(width, steps=60, every=10):
         c = get_config()

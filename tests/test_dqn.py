@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import emrakul
-from emrakul.hosts import dqn, replay
-from emrakul.hosts.rl_nets import Conv2D, MinAtarQNetwork, MLPQNetwork
+from emrakul.lab.hosts import dqn, replay
+from emrakul.lab.hosts.rl_nets import Conv2D, MinAtarQNetwork, MLPQNetwork
 
 # ---------------------------------------------------------------------------------------------
 # Replay buffer

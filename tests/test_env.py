@@ -9,8 +9,8 @@ from controller_sim import spy_controller
 from emrakul.agent import features
 from emrakul.agent.networks import LYSE, AgentObs
 from emrakul.controllers.magistrate import neutral_action
-from emrakul.env import SurgeryEnv
-from emrakul.loop import make_train
+from emrakul.lab.loop import make_train
+from emrakul.lab.meta.env import SurgeryEnv
 from emrakul.surgery.lifecycle import LYSED
 from experiments.configs.default import get_config
 

@@ -10,8 +10,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import emrakul
-from emrakul import export, hosts
+from emrakul import export
 from emrakul import masks as msk
+from emrakul.lab import hosts
 from emrakul.masks import nm_mask
 from emrakul.masks.structures import Units
 from emrakul.surgery.lifecycle import ALIVE, LYSED, SEDATED

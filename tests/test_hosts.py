@@ -1,4 +1,4 @@
-"""Tests for emrakul.hosts: MNIST-1D data, sampling, Conv1D, classifier hosts and metrics."""
+"""Tests for emrakul.lab.hosts: MNIST-1D data, sampling, Conv1D, classifier hosts and metrics."""
 
 import random
 
@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from emrakul import hosts
-from emrakul.hosts import mnist1d as mnist1d_lib
+from emrakul.lab import hosts
+from emrakul.lab.hosts import mnist1d as mnist1d_lib
 
 
 @pytest.fixture(scope="module")

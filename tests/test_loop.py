@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from emrakul.loop import make_train
-from emrakul.runner import NonFiniteLossError, run_controller
+from emrakul.lab.loop import make_train
+from emrakul.lab.runner import NonFiniteLossError, run_controller
 from experiments.configs.default import get_config
 
 
@@ -86,7 +86,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
 def test_map_seed_loop_reproduces_each_seed_run_alone(tmp_path, monkeypatch):
     """``seed_loop="map"`` runs every seed through the same one-seed program, so seed 1 of a
     2-seed run equals seed 1 run alone bit for bit (a vmapped run need not)."""
-    from emrakul import sharding as shd
+    from emrakul.lab import sharding as shd
 
     loops = []
     lift = shd.over_seeds

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from emrakul.stats import iqm
+from emrakul.lab.stats import iqm
 from experiments import minatar_sweep as ms
 from experiments.configs import minatar
 
@@ -254,7 +254,7 @@ def test_named_policies_add_magistrate_arms(tmp_path):
     import orbax.checkpoint as ocp
 
     from emrakul.agent import networks as nw
-    from emrakul.rl_env import DQNSurgeryEnv
+    from emrakul.lab.meta.rl_env import DQNSurgeryEnv
 
     config = tiny_config(arms="magistrate_rl")
     config.seeds = 1

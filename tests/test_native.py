@@ -160,7 +160,7 @@ def test_build_without_avx512_matches(rng, built):
 
 
 def test_config_switch(built):
-    from emrakul.config import apply_runtime_options
+    from emrakul.lab.config import apply_runtime_options
     from experiments.configs import default
 
     config = default.get_config()
@@ -178,7 +178,7 @@ def test_config_switch(built):
 
 
 def test_warns_on_a_mesh_with_vmapped_seeds(built):
-    from emrakul import runner, sharding
+    from emrakul.lab import runner, sharding
 
     mesh = sharding.seed_mesh()
     runner._warn_native_on_mesh(mesh, "vmap")  # switch off: nothing to say

@@ -1,4 +1,4 @@
-"""Tests for emrakul.agent.ppo against slow NumPy references."""
+"""Tests for emrakul.lab.meta.ppo against slow NumPy references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emrakul.agent import ppo
+from emrakul.lab.meta import ppo
 
 
 def gae_reference(rewards, values, discounts, lam):

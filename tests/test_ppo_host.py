@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emrakul.hosts import ppo_host
-from emrakul.hosts.ppo_host import PPOHostConfig, make_ppo
+from emrakul.lab.hosts import ppo_host
+from emrakul.lab.hosts.ppo_host import PPOHostConfig, make_ppo
 
 
 def _gae_reference(reward, done, value, last_value, gamma, lam):

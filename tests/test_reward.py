@@ -1,4 +1,4 @@
-"""Tests for emrakul.agent.reward against hand computations."""
+"""Tests for emrakul.lab.meta.reward against hand computations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emrakul.agent import reward as rw
+from emrakul.lab.meta import reward as rw
 
 CFG = rw.RewardConfig()  # α=1, κ=0.5, β=0.01, μ=0, γ=1, ε=0.5, ρ=1, δ=0.01, ζ=1, ξ=1
 

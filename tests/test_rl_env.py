@@ -8,11 +8,11 @@ import pytest
 from controller_sim import spy_controller
 
 from emrakul import wrapper as wrap_mod
-from emrakul.agent.train import PPOConfig, make_agent_train
 from emrakul.controllers.magistrate import neutral_action
-from emrakul.env import population
-from emrakul.hosts import dqn
-from emrakul.rl_env import DQNSurgeryEnv
+from emrakul.lab.hosts import dqn
+from emrakul.lab.meta.env import population
+from emrakul.lab.meta.rl_env import DQNSurgeryEnv
+from emrakul.lab.meta.train import PPOConfig, make_agent_train
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -84,7 +84,7 @@ def test_probe_loss_is_the_self_target_td_loss():
     state = jax.jit(program.init)(jax.random.PRNGKey(0))
     weights = wrap_mod.masked(state.params, state.opt_state)
     got = float(program.probe_loss(weights, state.buffer, jax.random.PRNGKey(2), 32))
-    from emrakul.hosts import replay
+    from emrakul.lab.hosts import replay
 
     batch = replay.sample(state.buffer, jax.random.PRNGKey(2), 32)
 
@@ -166,7 +166,7 @@ def test_ppo_trains_on_a_population_of_rl_hosts():
 
 
 def test_bad_inputs():
-    from emrakul.hosts.dqn import DQNConfig
+    from emrakul.lab.hosts.dqn import DQNConfig
     from experiments.configs.default import get_config
 
     with pytest.raises(ValueError, match="return_scale"):

@@ -1,4 +1,4 @@
-"""Seeds sharded over devices (``emrakul.sharding``, ``run_controller(shard=True)``).
+"""Seeds sharded over devices (``emrakul.lab.sharding``, ``run_controller(shard=True)``).
 
 The device count of the CPU backend is fixed when JAX initialises, so the 8-device checks run
 in a child process (this file run as a script) with
@@ -23,7 +23,7 @@ accuracies come out exactly equal, and the float leaves are asserted within ``rt
 near-tie mask decision, after which the trajectories diverge (statistically equivalent, not
 identical; ``benchmarks/sharded_sweep.py`` shows both regimes).
 
-``seed_loop="map"`` (:func:`emrakul.sharding.over_seeds`) removes the batch-shape dependence:
+``seed_loop="map"`` (:func:`emrakul.lab.sharding.over_seeds`) removes the batch-shape dependence:
 every seed runs the same one-seed program (``lax.map`` unsharded; ``shard_map`` of it sharded),
 so the sharded run, the unsharded run and a seed run alone agree in every leaf, bit for bit
 (asserted below; observed on XLA:CPU, not a promise of XLA's).
@@ -107,7 +107,7 @@ def test_seed_mesh_and_placement_on_the_local_devices():
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
 
-    from emrakul import sharding as shd
+    from emrakul.lab import sharding as shd
 
     mesh = shd.seed_mesh()
     assert mesh.axis_names == ("seeds",) and mesh.size == len(jax.devices())
@@ -124,7 +124,7 @@ def test_seed_mesh_and_placement_on_the_local_devices():
 
 
 def test_initialize_distributed_validates_before_calling_jax():
-    from emrakul.sharding import initialize_distributed
+    from emrakul.lab.sharding import initialize_distributed
 
     with pytest.raises(ValueError, match="host:port"):
         initialize_distributed("localhost", 2, 0)
@@ -142,7 +142,7 @@ def test_over_seeds_loops_and_bad_loop():
     import jax
     import jax.numpy as jnp
 
-    from emrakul import sharding as shd
+    from emrakul.lab import sharding as shd
 
     def one(x, y):
         return {"z": jnp.tanh(x @ y) / 3.0, "s": jnp.sum(jnp.sin(x))}
@@ -257,7 +257,7 @@ def test_sharded_checkpoint_resumes_on_one_device(report, tmp_path):
     """The 8-device run's checkpoints restore in this process (one device), unsharded."""
     import shutil
 
-    from emrakul.runner import run_controller
+    from emrakul.lab.runner import run_controller
 
     work = str(tmp_path / "copy")
     shutil.copytree(os.path.join(report["workdir"], "sharded"), work)
@@ -346,11 +346,11 @@ def _child(work: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from emrakul import runner
-    from emrakul import sharding as shd
     from emrakul._tree import path_str
-    from emrakul.checkpoint import Checkpointer
-    from emrakul.loop import make_train
+    from emrakul.lab import runner
+    from emrakul.lab import sharding as shd
+    from emrakul.lab.checkpoint import Checkpointer
+    from emrakul.lab.loop import make_train
 
     config = tiny_config()
     saved = {}  # the live carry run_controller checkpoints after each chunk, by directory

@@ -1,9 +1,9 @@
-"""Tests for emrakul.stats: t-interval, interquartile mean and the stratified bootstrap."""
+"""Tests for emrakul.lab.stats: t-interval, interquartile mean and the stratified bootstrap."""
 
 import numpy as np
 import pytest
 
-from emrakul import stats
+from emrakul.lab import stats
 
 
 def _iqm_reference(x):

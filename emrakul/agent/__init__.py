@@ -1,18 +1,15 @@
-"""The Magistrate: the learned pruning agent.
+"""The Magistrate as deployed: the learned pruning agent's networks and what it observes.
 
 * :mod:`~emrakul.agent.networks`: Phage encoder shared over regions, Magistrate pooling and
   message passing, Surgeon General / Specialist heads, centralised critic;
 * :mod:`~emrakul.agent.distributions`: the action distributions;
 * :mod:`~emrakul.agent.features`: what the agent observes (vital signs, ReDo activation
-  scores, loss health), padded to a fixed region / layer count;
-* :mod:`~emrakul.agent.reward`: the trauma-aware reward, every term logged;
-* :mod:`~emrakul.agent.ppo` and :mod:`~emrakul.agent.train`: PPO (rlax GAE and clipped
-  surrogate) over a population of hosts (:class:`emrakul.env.SurgeryEnv`,
-  :func:`emrakul.env.population`), all in one compiled update.
+  scores, loss health), padded to a fixed region / layer count.
 
-A trained policy is deployed as ``emrakul.controllers.magistrate(policy=PATH)``.
+A trained policy is deployed as ``emrakul.controllers.magistrate(policy=PATH)``. Training it
+(environments, reward, PPO) is the lab's job: :mod:`emrakul.lab.meta`.
 """
 
-from emrakul.agent import distributions, features, networks, ppo, reward
+from emrakul.agent import distributions, features, networks
 
-__all__ = ["distributions", "features", "networks", "ppo", "reward"]
+__all__ = ["distributions", "features", "networks"]

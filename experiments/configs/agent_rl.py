@@ -1,11 +1,11 @@
 """RL-host population for meta-training the Magistrate: CartPole DQNs pruned while they learn.
 
 ``python -m experiments.train_agent --workdir DIR --config experiments/configs/agent_rl.py``
-meta-trains on :class:`emrakul.rl_env.DQNSurgeryEnv` hosts instead of MNIST-1D classifiers.
+meta-trains on :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv` hosts instead of MNIST-1D classifiers.
 
 Fields:
 
-* ``rl``: the :class:`emrakul.hosts.dqn.DQNConfig` fields of every host (``controller`` is
+* ``rl``: the :class:`emrakul.lab.hosts.dqn.DQNConfig` fields of every host (``controller`` is
   ignored: the agent is the controller): ``experiments/configs/cartpole_dqn.py``'s with a 95%
   target and ``mlp_hidden = (64, 64)``. CartPole-v1, 50k environment steps, 4 vectorised
   environments, one update per 4 steps, a surgery (one agent decision) every 500 updates: 24
@@ -14,7 +14,7 @@ Fields:
 * ``population``: the MLP hidden widths of the host groups, ``;``-separated (``"64,64;128,128"``);
   empty: one group with ``rl.mlp_hidden``. Every group runs ``--hosts`` seeds.
 * ``return_scale``: the return that scores 1 (0: the game's default,
-  :data:`emrakul.rl_env.RETURN_SCALES`).
+  :data:`emrakul.lab.meta.rl_env.RETURN_SCALES`).
 * ``probe_size``: replayed transitions per probe TD loss (the loss-spike measurement).
 """
 

@@ -8,7 +8,7 @@ Fields:
 * ``seeds`` / ``seed_offset``: seeds ``seed_offset ... seed_offset + seeds - 1``, vmapped in one
   compiled program.
 * ``chunk``: surgery intervals per compiled chunk (one progress line each).
-* ``rl``: the :class:`emrakul.hosts.dqn.DQNConfig` fields (50k environment steps, 4 vectorised
+* ``rl``: the :class:`emrakul.lab.hosts.dqn.DQNConfig` fields (50k environment steps, 4 vectorised
   environments, one update per 4 steps, a surgery every 500 updates, 90% ERK target, GMP from
   20% to 80% of training).
 """

@@ -30,7 +30,7 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``run.checkpoint``: save orbax checkpoints under ``WORKDIR/checkpoints`` and resume from them.
 * ``run.seed_loop``: ``"vmap"`` (seeds batched in one program) or ``"map"`` (one seed after the
   other: each seed's results equal that seed run alone, sharded or not, bit for bit on
-  XLA:CPU; see :func:`emrakul.sharding.over_seeds`).
+  XLA:CPU; see :func:`emrakul.lab.sharding.over_seeds`).
 * ``run.native_topk``: use the optional native CPU kernel for the exact top-k selections of the
   mask updates (:mod:`emrakul.masks.native`: same masks, faster on the CPU; it needs a C++
   compiler and is compiled on first use).

@@ -33,7 +33,7 @@ Every field, with its meaning:
   possibly the last (one more compilation when ``chunk`` does not divide the intervals).
 * ``final_fraction``: a run's *final return* is the mean return of the training episodes that
   ended in the last ``final_fraction`` of its surgery intervals (default 0.1: the last 10%).
-* ``dqn.*``: the :class:`emrakul.hosts.dqn.DQNConfig` fields that are not set per cell
+* ``dqn.*``: the :class:`emrakul.lab.hosts.dqn.DQNConfig` fields that are not set per cell
   (``env_name``, ``width``, ``pooling``, ``controller`` and ``sparsity`` come from the cell):
 
   * ``num_envs``: environments stepped in parallel per vectorised step.

@@ -1,18 +1,18 @@
 """Host networks that Emrakul trains and prunes, and the data they learn from.
 
-* :mod:`emrakul.hosts.mnist1d`: MNIST-1D (Greydanus 2020) generated in-process, jit-friendly
+* :mod:`emrakul.lab.hosts.mnist1d`: MNIST-1D (Greydanus 2020) generated in-process, jit-friendly
   minibatch sampling.
-* :mod:`emrakul.hosts.classifier`: Flax Linen MLP and 1-D CNN classifiers, a fast ``Conv1D``,
+* :mod:`emrakul.lab.hosts.classifier`: Flax Linen MLP and 1-D CNN classifiers, a fast ``Conv1D``,
   and loss/metric helpers.
 
 Reinforcement-learning hosts on gymnax (imported on demand, so that the classifiers do not
-import gymnax): :mod:`emrakul.hosts.dqn` (DQN with an in-state replay buffer,
-:mod:`emrakul.hosts.replay`), :mod:`emrakul.hosts.ppo_host` (PPO-clip) and their networks in
-:mod:`emrakul.hosts.rl_nets` (MinAtar's CNN with a fast ``Conv2D``, width multiplier, global
+import gymnax): :mod:`emrakul.lab.hosts.dqn` (DQN with an in-state replay buffer,
+:mod:`emrakul.lab.hosts.replay`), :mod:`emrakul.lab.hosts.ppo_host` (PPO-clip) and their networks in
+:mod:`emrakul.lab.hosts.rl_nets` (MinAtar's CNN with a fast ``Conv2D``, width multiplier, global
 average pooling control).
 """
 
-from emrakul.hosts.classifier import (
+from emrakul.lab.hosts.classifier import (
     CNN1D,
     HOST_KINDS,
     MLP,
@@ -23,7 +23,7 @@ from emrakul.hosts.classifier import (
     make_host,
     max_pool2,
 )
-from emrakul.hosts.mnist1d import (
+from emrakul.lab.hosts.mnist1d import (
     NUM_CLASSES,
     SIGNAL_LENGTH,
     Dataset,

@@ -1,7 +1,7 @@
 """Drives the compiled loop from Python in chunks: progress, checkpoints, resumption, NaN stop.
 
 Every chunk is the same compiled program (``run`` lifted over the seeds by
-:func:`emrakul.sharding.over_seeds`, jitted, with a fixed number of
+:func:`emrakul.lab.sharding.over_seeds`, jitted, with a fixed number of
 intervals), so nothing recompiles between chunks. After each chunk the whole state and the
 metrics recorded so far are checkpointed; a run started again with the same workdir resumes from
 the newest checkpoint that loads and ends with exactly the metrics of an uninterrupted run.
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from emrakul import sharding as shd
-from emrakul.checkpoint import Checkpointer
-from emrakul.loop import IntervalMetrics, RunState, make_train
+from emrakul.lab import sharding as shd
+from emrakul.lab.checkpoint import Checkpointer
+from emrakul.lab.loop import IntervalMetrics, RunState, make_train
 from emrakul.masks import native
 
 
@@ -123,12 +123,12 @@ def run_controller(
       progress: print a progress bar to stderr.
       max_chunks: stop after this many chunks of this call (to simulate an interruption in
         tests); returns ``None`` if the run is not finished.
-      shard: split the seeds over a 1-D mesh of all devices (:mod:`emrakul.sharding`). Each
+      shard: split the seeds over a 1-D mesh of all devices (:mod:`emrakul.lab.sharding`). Each
         device computes its seeds as an unsharded run of ``seeds / devices`` seeds would: XLA
         picks kernels by batch shape, so floats can differ from the all-seeds-on-one-device
         run in the last bits (as between sweeps of different sizes), and in long runs a
         near-tie mask decision can then go the other way (unless ``seed_loop="map"``).
-      seed_loop: how the seeds share a program (:func:`emrakul.sharding.over_seeds`):
+      seed_loop: how the seeds share a program (:func:`emrakul.lab.sharding.over_seeds`):
         ``"vmap"`` (batched) or ``"map"`` (one after the other: every seed's results equal that
         seed run alone, in any sweep size, sharded or not; bit-identical on XLA:CPU in the
         tests, not a promise of XLA's). ``None``:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emrakul.hosts.mnist1d import NUM_CLASSES, SIGNAL_LENGTH, Split
+from emrakul.lab.hosts.mnist1d import NUM_CLASSES, SIGNAL_LENGTH, Split
 
 HOST_KINDS = ("mlp", "cnn")
 

@@ -11,7 +11,7 @@ state (PureJaxRL-style ``make_train``, but without mutable configs or tuple-unpa
 * ``evaluate(state, split)``; and ``train(key)``, the whole run as one program.
 
 ``jax.jit(jax.vmap(trainer.train))(keys)`` trains several seeds at once; Python can also drive
-``run`` in chunks of the same compiled program (see :mod:`emrakul.runner`) to show progress and
+``run`` in chunks of the same compiled program (see :mod:`emrakul.lab.runner`) to show progress and
 checkpoint. The optimizer is ``emrakul.wrap``: the loop and user code share one mechanism.
 """
 
@@ -26,11 +26,11 @@ import ml_collections
 import optax
 
 from emrakul import controllers as ctl
-from emrakul import hosts
 from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import path_str
-from emrakul.config import check_structure_fits, structure_from_config, validate
+from emrakul.lab import hosts
+from emrakul.lab.config import check_structure_fits, structure_from_config, validate
 from emrakul.surgery.lifecycle import ALIVE
 
 

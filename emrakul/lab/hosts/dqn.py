@@ -2,9 +2,9 @@
 
 Deep Q-learning (Mnih et al. 2015, "Human-level control through deep reinforcement learning"):
 ε-greedy acting on vectorised gymnax environments, a uniform replay buffer
-(:mod:`emrakul.hosts.replay`), one-step Q-learning targets from a periodically copied target
+(:mod:`emrakul.lab.hosts.replay`), one-step Q-learning targets from a periodically copied target
 network (``rlax.q_learning``) and the Huber loss (``rlax.huber_loss``), Adam. The Q-network is
-MinAtar's CNN (Young & Tian 2019, :class:`~emrakul.hosts.rl_nets.MinAtarQNetwork`) for
+MinAtar's CNN (Young & Tian 2019, :class:`~emrakul.lab.hosts.rl_nets.MinAtarQNetwork`) for
 ``*-MinAtar`` environments and an MLP otherwise. Adam is wrapped with :func:`emrakul.wrap` for
 every controller, the dense baseline included, so dense and pruned runs execute the same program;
 the pruning defaults (95% sparsity, ERK, gradual magnitude pruning from 20% to 80% of training,
@@ -32,7 +32,7 @@ one :class:`DQNState`, so ``jax.jit(jax.vmap(dqn.train))(keys)`` trains several 
   at the start of a block when the update count is a multiple of ``target_update_every`` (a
   ``jnp.where`` once per block, not per update).
 * an *interval* is ``prune_every`` updates (a row of metrics); its first update performs the
-  surgery (``tx.update(..., surgery=True)``) and the others do not, as in :mod:`emrakul.loop`.
+  surgery (``tx.update(..., surgery=True)``) and the others do not, as in :mod:`emrakul.lab.loop`.
 * ``run(state, num_intervals)``: a ``lax.scan`` over intervals, so a Python driver can run the
   same compiled chunk repeatedly; ``train(key)`` is ``init`` then ``run`` over every interval.
 
@@ -57,8 +57,8 @@ import rlax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
-from emrakul.hosts import replay
-from emrakul.hosts.rl_nets import POOLINGS, MinAtarQNetwork, MLPQNetwork
+from emrakul.lab.hosts import replay
+from emrakul.lab.hosts.rl_nets import POOLINGS, MinAtarQNetwork, MLPQNetwork
 from emrakul.surgery.budgets import DISTRIBUTIONS
 
 
@@ -139,7 +139,7 @@ class DQNState(NamedTuple):
       params: the online network's dense parameters.
       target_params: the target network (a copy of the masked online weights).
       opt_state: the :func:`emrakul.wrap` state (Adam, lifecycle, controller, step).
-      buffer: the :class:`~emrakul.hosts.replay.ReplayState`.
+      buffer: the :class:`~emrakul.lab.hosts.replay.ReplayState`.
       env_state: the ``num_envs`` gymnax environment states.
       obs: float32/uint8 [num_envs, ...], the current observations.
       episode_return: float32 [num_envs], return of each environment's episode so far.
@@ -393,7 +393,8 @@ def make_dqn(
         :class:`~emrakul.controllers.Controller` object.
       probe_cut: when positive, every surgery update also measures ``probe_loss`` on that many
         replayed transitions before and after the cut (``DQNMetrics.cut_loss_before`` /
-        ``cut_loss_after``; used by :class:`emrakul.rl_env.DQNSurgeryEnv`). The probe uses a
+        ``cut_loss_after``; used by :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`). The probe
+        uses a
         key folded from the state's key, so the run itself is unchanged.
 
     Returns:

@@ -1,20 +1,21 @@
 """Pruning an RL host as an environment: ``DQNSurgeryEnv`` (gymnax-style ``reset`` / ``step``).
 
-The RL-host counterpart of :class:`emrakul.env.SurgeryEnv`: the patient is a DQN
-(:mod:`emrakul.hosts.dqn`, e.g. on CartPole or a MinAtar game) instead of a classifier. One
+The RL-host counterpart of :class:`emrakul.lab.meta.env.SurgeryEnv`: the patient is a DQN
+(:mod:`emrakul.lab.hosts.dqn`, e.g. on CartPole or a MinAtar game) instead of a classifier. One
 environment step writes the agent's action into the host's controller state
 (:func:`emrakul.controllers.magistrate.action_controller`, the same corrections to GMP as for the
 classifier hosts), runs one surgery interval of ``prune_every`` DQN updates (acting, replay and
 learning included: ``DQN.run(state, 1)``) and returns the trauma-aware reward of
-:mod:`emrakul.agent.reward`. One episode is one whole DQN training run; at its end the state
+:mod:`emrakul.lab.meta.reward`. One episode is one whole DQN training run; at its end the state
 auto-resets. Everything is pure and vmaps over a population of hosts, and hosts of different
 sizes share one compiled policy through padding (``r_max``, ``l_max``), as in
-:func:`emrakul.env.population` (which builds these environments from ``DQNConfig`` entries).
+:func:`emrakul.lab.meta.env.population` (which builds these environments from ``DQNConfig``
+entries).
 
-Unlike :class:`~emrakul.env.SurgeryEnv`, ``step`` does **not** auto-reset (``auto_reset =
+Unlike :class:`~emrakul.lab.meta.env.SurgeryEnv`, ``step`` does **not** auto-reset (``auto_reset =
 False``): a fresh DQN fills a replay buffer by random acting, and under ``vmap`` an in-step reset
 would be computed (and a whole buffer selected) at every step. Call ``reset`` after ``done``;
-:func:`emrakul.agent.train.make_agent_train` does, once per episode, for such environments.
+:func:`emrakul.lab.meta.train.make_agent_train` does, once per episode, for such environments.
 
 What stands in for the classifier's measurements:
 
@@ -45,10 +46,10 @@ from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import default_filter
 from emrakul.agent import features
-from emrakul.agent import reward as rw
 from emrakul.agent.networks import AgentAction, AgentObs
 from emrakul.controllers.magistrate import ActionState, action_controller
-from emrakul.hosts import dqn as dqn_mod
+from emrakul.lab.hosts import dqn as dqn_mod
+from emrakul.lab.meta import reward as rw
 from emrakul.masks.structures import Units
 from emrakul.surgery.lifecycle import ALIVE
 from emrakul.vitals import regions as rg
@@ -94,7 +95,7 @@ class DQNSurgeryEnv:
     """A DQN's training run as an RL environment for the Magistrate.
 
     Args:
-      config: the host's :class:`~emrakul.hosts.dqn.DQNConfig` (its ``sparsity`` is the
+      config: the host's :class:`~emrakul.lab.hosts.dqn.DQNConfig` (its ``sparsity`` is the
         episode's target, ``prune_start`` / ``prune_end`` the GMP schedule the actions correct,
         ``prune_every`` the updates per decision; ``controller`` is ignored).
       r_max: padded region count of observations and actions (default: the host's own).

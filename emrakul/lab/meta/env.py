@@ -2,9 +2,10 @@
 
 One environment step applies the agent's action (:mod:`emrakul.controllers.magistrate`: budgets,
 temperature, regrowth and per-region decisions as corrections to GMP), runs one surgery interval
-of K host training steps through the compiled loop (:mod:`emrakul.loop`, the same ``emrakul.wrap``
+of K host training steps through the compiled loop (:mod:`emrakul.lab.loop`, the same
+``emrakul.wrap``
 mechanism as every other controller), and returns the trauma-aware reward
-(:mod:`emrakul.agent.reward`). One episode is one whole host training run; at its end the state
+(:mod:`emrakul.lab.meta.reward`). One episode is one whole host training run; at its end the state
 auto-resets (gymnax semantics: the returned observation is the new episode's first). Everything
 is pure and vmaps over a population of hosts (seeds); hosts of different sizes share one
 compiled policy through padding (``r_max``, ``l_max``).
@@ -24,15 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from emrakul import hosts
 from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import default_filter
 from emrakul.agent import features
-from emrakul.agent import reward as rw
 from emrakul.agent.networks import AgentAction, AgentObs
 from emrakul.controllers.magistrate import ActionState, action_controller
-from emrakul.loop import RunState, make_train
+from emrakul.lab import hosts
+from emrakul.lab.loop import RunState, make_train
+from emrakul.lab.meta import reward as rw
 from emrakul.masks.structures import Units
 from emrakul.surgery.lifecycle import ALIVE
 from emrakul.vitals import regions as rg
@@ -177,8 +178,9 @@ def population(configs: Sequence[Any], **kwargs: Any) -> tuple[Any, ...]:
 
     Args:
       configs: one experiment config per group (classifier hosts, :class:`SurgeryEnv`), or one
-        :class:`emrakul.hosts.dqn.DQNConfig` per group (RL hosts,
-        :class:`emrakul.rl_env.DQNSurgeryEnv`); not a mixture. They must give the same number
+        :class:`emrakul.lab.hosts.dqn.DQNConfig` per group (RL hosts,
+        :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`); not a mixture. They must give the same
+        number
         of surgery intervals, the episode length.
       **kwargs: forwarded to the environment (``reward_config``, ``drop_features``, and
         ``start`` / ``end`` for classifier hosts or ``return_scale`` / ``probe_size`` for RL
@@ -192,14 +194,14 @@ def population(configs: Sequence[Any], **kwargs: Any) -> tuple[Any, ...]:
         raise ValueError("population needs at least one host config")
     if "r_max" in kwargs or "l_max" in kwargs:
         raise ValueError("population sets r_max and l_max itself")
-    from emrakul.hosts.dqn import DQNConfig
+    from emrakul.lab.hosts.dqn import DQNConfig
 
     rl = [isinstance(c, DQNConfig) for c in configs]
     if any(rl):
         if not all(rl):
             raise ValueError("population mixes DQN and classifier host configs")
-        from emrakul.hosts.dqn import count_intervals
-        from emrakul.rl_env import DQNSurgeryEnv, dqn_layout
+        from emrakul.lab.hosts.dqn import count_intervals
+        from emrakul.lab.meta.rl_env import DQNSurgeryEnv, dqn_layout
 
         env_cls, layout_of, length_of, unit = (
             DQNSurgeryEnv,

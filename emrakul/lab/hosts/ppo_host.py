@@ -13,7 +13,7 @@ learns with the masked weights (:func:`emrakul.masked`). A surgery interval is
 update of the interval's first iteration (a static position: no ``lax.cond`` on a counter that
 ``vmap`` would turn into both branches).
 
-Networks: for ``*-MinAtar`` games, MinAtar's torso (:class:`~emrakul.hosts.rl_nets.Conv2D`, 16w
+Networks: for ``*-MinAtar`` games, MinAtar's torso (:class:`~emrakul.lab.hosts.rl_nets.Conv2D`, 16w
 channels 3x3 'VALID', flatten or global average pooling, Dense 128w) with a policy and a value
 head; otherwise separate tanh MLPs for the actor and the critic (PureJaxRL's CartPole network).
 Initialisers are LeCun-normal (no orthogonal init: its QR deadlocks XLA:CPU inside
@@ -36,9 +36,9 @@ import rlax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
-from emrakul.agent import ppo
-from emrakul.hosts.dqn import step_envs
-from emrakul.hosts.rl_nets import POOLINGS, minatar_torso
+from emrakul.lab.hosts.dqn import step_envs
+from emrakul.lab.hosts.rl_nets import POOLINGS, minatar_torso
+from emrakul.lab.meta import ppo
 
 _SMALL = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
 
@@ -152,7 +152,7 @@ class PPOHostMetrics(NamedTuple):
 
 
 class PPOHost(NamedTuple):
-    """The compiled pieces (as :class:`emrakul.loop.Trainer`)."""
+    """The compiled pieces (as :class:`emrakul.lab.loop.Trainer`)."""
 
     config: PPOHostConfig
     num_intervals: int
@@ -201,7 +201,7 @@ def advantages(
     gae_lambda: float,
 ) -> jax.Array:
     """GAE advantages (Schulman et al. 2016) of a ``[time, envs]`` rollout
-    (:func:`emrakul.agent.ppo.gae`, on rlax).
+    (:func:`emrakul.lab.meta.ppo.gae`, on rlax).
 
     ``done[t]`` ends the episode after step ``t`` (no bootstrapping across it; gymnax resets
     automatically, so truncation is treated as termination, as in PureJaxRL); ``last_value`` is

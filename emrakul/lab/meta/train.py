@@ -1,8 +1,10 @@
 """Meta-training the Magistrate with PPO on a population of living host networks.
 
 PureJaxRL-style (``make_train(config) -> train``): a population is one or several
-:class:`~emrakul.env.SurgeryEnv` groups (hosts of different widths and depths; build them with
-:func:`emrakul.env.population` so that they share one padded observation shape), each vmapped
+:class:`~emrakul.lab.meta.env.SurgeryEnv` groups (hosts of different widths and depths; build them
+with
+:func:`emrakul.lab.meta.env.population` so that they share one padded observation shape), each
+vmapped
 over ``num_hosts`` seeds; one policy acts on all of them. One PPO iteration rolls the population
 through one whole episode (every surgery interval of a host training run: ``num_hosts * num_steps``
 decisions), computes GAE advantages (Schulman et al. 2016) and takes ``epochs`` passes of
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from emrakul.agent import networks as nw
-from emrakul.agent import ppo
+from emrakul.lab.meta import ppo
 
 #: ``info`` keys averaged over the episodes that ended in an iteration (those an env reports).
 FINAL_KEYS = ("test_accuracy", "final_score", "final_return")
@@ -79,9 +81,9 @@ def make_agent_train(
     """Builds ``init(key) -> AgentTrainState`` and ``update(state) -> (state, metrics)``.
 
     Args:
-      env: one environment (a :class:`~emrakul.env.SurgeryEnv` or an RL-host
-        :class:`~emrakul.rl_env.DQNSurgeryEnv`), or several host groups
-        (:func:`emrakul.env.population`: same padded observation shape and episode length);
+      env: one environment (a :class:`~emrakul.lab.meta.env.SurgeryEnv` or an RL-host
+        :class:`~emrakul.lab.meta.rl_env.DQNSurgeryEnv`), or several host groups
+        (:func:`emrakul.lab.meta.env.population`: same padded observation shape and episode length);
         each group runs ``cfg.num_hosts`` hosts. Every update rolls exactly one episode, so a
         group whose ``auto_reset`` is ``False`` is reset after the rollout instead of inside it.
       cfg: the PPO hyperparameters.
@@ -101,7 +103,7 @@ def make_agent_train(
     if len(shapes) != 1:
         raise ValueError(
             "host groups must share the episode length and the padding (num_steps, r_max, "
-            f"l_max); got {sorted(shapes)} (build them with emrakul.env.population)"
+            f"l_max); got {sorted(shapes)} (build them with emrakul.lab.meta.env.population)"
         )
     num_steps = envs[0].num_steps
     n = cfg.num_hosts
