@@ -13,7 +13,10 @@ structure and a budget and never branches on the structure itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
+
+import numpy as np
 
 
 class Unstructured(NamedTuple):
@@ -62,3 +65,44 @@ def check_structure(structure: object) -> None:
             raise ValueError(f"NM: m must be a positive Python int, got {structure.m!r}")
         if structure.n is not None and not 0 <= structure.n <= structure.m:
             raise ValueError(f"NM: need 0 <= n <= m, got n={structure.n}, m={structure.m}")
+
+
+def _check_axis(structure: NM | Units, shape: tuple[int, ...], name: str) -> int:
+    axis = structure.axis
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"{name}: {structure} needs an int axis, got {axis!r}")
+    ndim = len(shape)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name} of shape {shape} does not fit {structure}: axis {axis} is out of range for "
+            f"{ndim} dimension(s)"
+        )
+    return int(axis) % ndim
+
+
+def check_fits(structure: Structure, shape: Sequence[int], name: str = "leaf") -> None:
+    """Raises ``ValueError`` when ``structure`` cannot be laid on an array of ``shape``.
+
+    N:M groups need an in-range axis whose length is a multiple of ``m``; units need an
+    in-range axis. Run it on static shapes, before tracing, so that a structure that does not
+    fit a layer is reported with the layer's name instead of failing inside a compiled step.
+
+    Args:
+      structure: a valid structure (see :func:`check_structure`).
+      shape: the shape of the pruned array.
+      name: how to call the array in the message, e.g. its path ``Dense_0/kernel``.
+
+    Raises:
+      ValueError: an axis out of range, or an N:M axis length that is not a multiple of ``m``.
+      TypeError: an axis that is not an int.
+    """
+    check_structure(structure)
+    shape = tuple(int(d) for d in shape)
+    if isinstance(structure, Unstructured):
+        return
+    axis = _check_axis(structure, shape, name)
+    if isinstance(structure, NM) and shape[axis] % structure.m:
+        raise ValueError(
+            f"{name} of shape {shape} does not fit {structure}: its length {shape[axis]} along "
+            f"axis {axis} is not a multiple of m={structure.m}"
+        )

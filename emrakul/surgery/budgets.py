@@ -27,17 +27,34 @@ import numpy as np
 DISTRIBUTIONS = ("uniform", "erk")
 
 
-def _check_shapes(shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+def _check_shapes(
+    shapes: Sequence[tuple[int, ...]], names: Sequence[str] | None
+) -> list[tuple[int, ...]]:
+    if names is not None and len(names) != len(shapes):
+        raise ValueError(f"names must name every shape: {len(names)} names, {len(shapes)} shapes")
     out = []
     for i, shape in enumerate(shapes):
         shape = tuple(int(d) for d in shape)
         if len(shape) == 0 or min(shape) < 1:
+            where = f"shapes[{i}]" if names is None else f"pruned leaf '{names[i]}' (shapes[{i}])"
             raise ValueError(
-                f"shapes[{i}] = {shape}: every pruned layer needs at least one dimension and "
+                f"{where} = {shape}: every pruned layer needs at least one dimension and "
                 "no empty dimension"
             )
         out.append(shape)
     return out
+
+
+def check_budget(target: float, distribution: str, erk_power_scale: float = 1.0) -> None:
+    """Raises ``ValueError`` for a global target or distribution :func:`layer_sparsities`
+    rejects whatever the shapes (so a caller can check them before it has any parameters)."""
+    target = float(target)
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target must lie in [0, 1), got target={target}")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution={distribution!r}; expected one of {DISTRIBUTIONS}")
+    if not erk_power_scale >= 0:
+        raise ValueError(f"erk_power_scale must be >= 0, got erk_power_scale={erk_power_scale}")
 
 
 def layer_sparsities(
@@ -45,6 +62,7 @@ def layer_sparsities(
     target: float,
     distribution: str = "uniform",
     erk_power_scale: float = 1.0,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Per-layer sparsities whose weighted mean is the global ``target``.
 
@@ -54,6 +72,7 @@ def layer_sparsities(
       distribution: ``"uniform"`` or ``"erk"`` (see the module docstring).
       erk_power_scale: exponent applied to the ERK raw density (1 is ERK; 0 gives uniform
         raw densities, i.e. the uniform distribution with dense layers resolved the same way).
+      names: optional, one name per shape (the leaf's path), used in error messages.
 
     Returns:
       float64 array ``[len(shapes)]`` of sparsities in ``[0, 1)``; with ERK,
@@ -61,16 +80,11 @@ def layer_sparsities(
 
     Raises:
       ValueError: ``target`` outside ``[0, 1)``, an unknown ``distribution``, a negative
-        ``erk_power_scale`` or a shape with no or empty dimensions.
+        ``erk_power_scale`` or a shape with no or empty dimensions (named by ``names``).
     """
+    check_budget(target, distribution, erk_power_scale)
     target = float(target)
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"target must lie in [0, 1), got target={target}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"unknown distribution={distribution!r}; expected one of {DISTRIBUTIONS}")
-    if not erk_power_scale >= 0:
-        raise ValueError(f"erk_power_scale must be >= 0, got erk_power_scale={erk_power_scale}")
-    shapes = _check_shapes(shapes)
+    shapes = _check_shapes(shapes, names)
     num = len(shapes)
     if distribution == "uniform":
         return np.full((num,), target, np.float64)

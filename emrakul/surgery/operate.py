@@ -45,9 +45,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from emrakul._tree import PyTree, check_same_structure
+from emrakul._tree import PyTree, check_same_structure, leaf_paths
 from emrakul.masks.select import keep_count, select
-from emrakul.masks.structures import NM, Units, Unstructured, check_structure
+from emrakul.masks.structures import Units, Unstructured, check_fits, check_structure
 from emrakul.masks.topk import topk_mask
 from emrakul.masks.tree import is_pruned
 from emrakul.surgery.lifecycle import ALIVE, LYSED, SEDATED, Lifecycle
@@ -182,6 +182,24 @@ def _operate_layer(
     )
 
 
+def _check_leaf_shapes(life, decision, params, pruned: list[int]) -> None:
+    states = jax.tree.leaves(life.state)
+    paths = leaf_paths(params)
+    leaves = {
+        "params": jax.tree.leaves(params),
+        "life.changed_at": jax.tree.leaves(life.changed_at),
+        "decision.drop_score": jax.tree.leaves(decision.drop_score),
+        "decision.grow_score": jax.tree.leaves(decision.grow_score),
+    }
+    for i in pruned:
+        for name, ls in leaves.items():
+            if jnp.shape(ls[i]) != jnp.shape(states[i]):
+                raise ValueError(
+                    f"{name} leaf '{paths[i]}' has shape {jnp.shape(ls[i])}, the lifecycle state "
+                    f"has {jnp.shape(states[i])}"
+                )
+
+
 def _check(life, decision, params, structures, drop_to) -> list[int]:
     check_same_structure(params, life.state, "params", "life.state")
     check_same_structure(params, life.changed_at, "params", "life.changed_at")
@@ -204,22 +222,10 @@ def _check(life, decision, params, structures, drop_to) -> list[int]:
         want = () if name == "operate" else (num,)
         if jnp.shape(value) != want:
             raise ValueError(f"decision.{name} must have shape {want}, got {jnp.shape(value)}")
-    leaves = {
-        "params": jax.tree.leaves(params),
-        "life.changed_at": jax.tree.leaves(life.changed_at),
-        "decision.drop_score": jax.tree.leaves(decision.drop_score),
-        "decision.grow_score": jax.tree.leaves(decision.grow_score),
-    }
-    for i in pruned:
-        for name, ls in leaves.items():
-            if jnp.shape(ls[i]) != jnp.shape(states[i]):
-                raise ValueError(
-                    f"{name} leaf {i} has shape {jnp.shape(ls[i])}, the lifecycle state has "
-                    f"{jnp.shape(states[i])}"
-                )
+    _check_leaf_shapes(life, decision, params, pruned)
+    paths = leaf_paths(params)
     for i, s in zip(pruned, structures, strict=True):
-        if isinstance(s, NM) and jnp.shape(states[i])[s.axis] % s.m:
-            raise ValueError(f"pruned leaf {i} of shape {jnp.shape(states[i])} does not fit {s}")
+        check_fits(s, jnp.shape(states[i]), f"pruned leaf '{paths[i]}'")
     return pruned
 
 
@@ -254,8 +260,9 @@ def operate(
       ``reset`` is all False and ``cut``/``grown`` are 0.
 
     Raises:
-      ValueError: trees that do not match, a wrong number of structures, bad shapes, or a
-        ``drop_to`` that is neither LYSED nor SEDATED.
+      ValueError: trees that do not match, a wrong number of structures, bad shapes, a
+        structure that does not fit its leaf (named by its path), or a ``drop_to`` that is
+        neither LYSED nor SEDATED.
     """
     pruned = _check(life, decision, params, structures, drop_to)
     step = jnp.asarray(step, jnp.int32)
