@@ -344,3 +344,28 @@ def test_errors():
             lay,
             like={**params, "Dense_0": {**params["Dense_0"], "kernel": np.zeros(3)}},
         )
+
+
+def test_the_package_modules_hold_the_public_names():
+    from emrakul.vitals.regions import expansion, geometry, reduction
+
+    assert rg.layout is geometry.layout and rg.RegionLayout is geometry.RegionLayout
+    assert rg.num_regions is geometry.num_regions and rg.region_ids is geometry.region_ids
+    assert rg.summarize is reduction.summarize and rg.layer_summary is reduction.layer_summary
+    assert rg.Regions is reduction.Regions and rg.REDUCTIONS == reduction.REDUCTIONS
+    assert rg.broadcast is expansion.broadcast
+
+
+def test_summarize_then_broadcast_round_trips_units_under_jit_and_vmap():
+    params = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(3, 4)}}
+    lay = rg.layout(params, Units())
+
+    def per_unit_mean(p):
+        regions = rg.summarize({"w": p}, lay)
+        return rg.broadcast(regions.features[:, 0], lay)["Dense_0"]["kernel"]
+
+    expected = np.broadcast_to(np.arange(12.0).reshape(3, 4).mean(0), (3, 4))
+    np.testing.assert_allclose(jax.jit(per_unit_mean)(params), expected)
+    batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params)
+    got = jax.vmap(per_unit_mean)(batch)
+    np.testing.assert_allclose(got, np.stack([expected, 2 * expected]))

@@ -154,3 +154,20 @@ def test_bad_inputs():
         topk_mask(x, 2.5)
     with pytest.raises(ValueError, match="does not broadcast"):
         topk_mask(jnp.ones((3, 4)), jnp.array([1, 2]), axis=1)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "special"])
+def test_xla_row_kernel_matches_reference_under_jit_and_vmap(rng, implementation, kind):
+    from emrakul.masks import threshold_search, topk
+
+    if implementation == "native":
+        pytest.skip("the XLA row kernel does not depend on the native switch")
+    assert topk._select_rows is threshold_search.select_rows
+    x = np.stack([random_scores(rng, (600,), kind) for _ in range(4)])
+    k = np.array([0, 1, 250, 600], np.int32)
+    rows = topk._as_float(x)
+    got = np.asarray(jax.jit(threshold_search.select_rows)(rows, k))
+    for r in range(4):
+        np.testing.assert_array_equal(got[r], ref_topk(x[r], int(k[r])), err_msg=f"row {r}")
+    one_row = lambda row, kr: threshold_search.select_rows(row[None], kr[None])[0]
+    np.testing.assert_array_equal(np.asarray(jax.vmap(one_row)(rows, jnp.asarray(k))), got)

@@ -1,7 +1,14 @@
 """Controllers: anything that decides masks from vital signs, behind one interface.
 
-``make(name, **kwargs)`` builds one by name (the names configs and tables use); ``NAMES``
-lists them. See :mod:`emrakul.controllers.base` for the interface.
+``make(name, **kwargs)`` builds one by name (the names configs and tables use); ``NAMES`` is a
+live, read-only view of the registered names (``names()`` returns them as a tuple). A new
+controller is one file: a factory decorated with ``@register("name")``
+(:mod:`emrakul.controllers.registry`). See :mod:`emrakul.controllers.base` for the interface.
+
+The built-in controllers register themselves when their modules are imported here, in the
+order of ``NAMES``: the classic heuristics (:mod:`~emrakul.controllers.basic`), the dynamic
+ones (:mod:`~emrakul.controllers.dynamic`), the gates (:mod:`~emrakul.controllers.gates`) and
+the learned Magistrate (:mod:`~emrakul.controllers.magistrate`).
 """
 
 from emrakul.controllers.base import Controller, Decision, Observation
@@ -9,35 +16,7 @@ from emrakul.controllers.basic import dense, gmp, one_shot, rigl, set_, snip
 from emrakul.controllers.dynamic import breathing, dsd, gsnr, harmonic
 from emrakul.controllers.gates import l0, variational_units
 from emrakul.controllers.magistrate import magistrate
-
-_FACTORIES = {
-    "dense": dense,
-    "one_shot": one_shot,
-    "snip": snip,
-    "gmp": gmp,
-    "set": set_,
-    "rigl": rigl,
-    "gsnr": gsnr,
-    "dsd": dsd,
-    "harmonic": harmonic,
-    "breathing": breathing,
-    "l0": l0,
-    "variational": variational_units,
-    "magistrate": magistrate,
-}
-NAMES = tuple(_FACTORIES)
-
-
-def make(name: str, **kwargs) -> Controller:
-    """The controller called ``name`` (one of ``NAMES``) with keyword arguments ``kwargs``.
-
-    Raises:
-      ValueError: unknown name.
-    """
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown controller '{name}'; choose one of {NAMES}")
-    return _FACTORIES[name](**kwargs)
-
+from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
 
 __all__ = [
     "NAMES",
@@ -47,15 +26,19 @@ __all__ = [
     "breathing",
     "dense",
     "dsd",
+    "factory",
     "gmp",
     "gsnr",
     "harmonic",
     "l0",
     "magistrate",
     "make",
+    "names",
     "one_shot",
+    "register",
     "rigl",
     "set_",
     "snip",
+    "unregister",
     "variational_units",
 ]

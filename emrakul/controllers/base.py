@@ -138,6 +138,12 @@ def leaf_scores(obs: Observation, fn: Callable[..., jax.Array], *trees: PyTree) 
     )
 
 
+def state_scores(obs: Observation, fn: Callable[..., jax.Array], *trees: PyTree) -> PyTree:
+    """``fn(state, *leaves)`` as float32 on the pruned leaves (``state`` the lifecycle leaf);
+    the scalar ``0.0`` placeholder elsewhere."""
+    return leaf_scores(obs, fn, obs.state, *trees)
+
+
 def make_decision(
     num_layers: int, sparsity, churn, drop: PyTree, grow: PyTree, operate
 ) -> Decision:

@@ -25,6 +25,7 @@ from emrakul.controllers.base import (
     leaf_scores,
     make_decision,
 )
+from emrakul.controllers.registry import register
 from emrakul.masks.tree import is_pruned
 from emrakul.surgery.lifecycle import ALIVE, LYSED
 
@@ -104,6 +105,7 @@ def _decision(obs, sparsity, churn, drop, grow, operate) -> Decision:
     return make_decision(len(obs.layer_size), sparsity, churn, drop, grow, operate)
 
 
+@register("dense")
 def dense() -> Controller:
     """The dense baseline: never operates (the reference every pruned run is compared with)."""
 
@@ -116,6 +118,7 @@ def dense() -> Controller:
     return Controller(name="dense", init=_init, decide=decide)
 
 
+@register("one_shot")
 def one_shot(at: float = 0.5) -> Controller:
     """One-shot magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for
     Efficient Neural Networks"): at the first surgery with ``step >= at * total_steps`` the
@@ -133,6 +136,7 @@ def one_shot(at: float = 0.5) -> Controller:
     return Controller(name="one_shot", init=_init, decide=decide)
 
 
+@register("snip")
 def snip() -> Controller:
     """SNIP (Lee, Ajanthan & Torr 2019, "SNIP: Single-shot Network Pruning based on Connection
     Sensitivity"): at the first surgery, the weights with the smallest connection sensitivity
@@ -152,6 +156,7 @@ def snip() -> Controller:
     return Controller(name="snip", init=_init, decide=decide)
 
 
+@register("gmp")
 def gmp(start: float = 0.2, end: float = 0.8) -> Controller:
     """Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"): at every
     surgery with ``step >= start * T`` the smallest ``|theta|`` are lysed to reach the cubic
@@ -192,6 +197,7 @@ def _dynamic_sparse(name: str, end: float, churn_fn, grow_fn) -> Controller:
     return Controller(name=name, init=_init, decide=decide, drop_to=LYSED, regrow_lysed=True)
 
 
+@register("set")
 def set_(zeta: float = 0.3, end: float = 0.75) -> Controller:
     """Sparse Evolutionary Training (Mocanu et al. 2018, "Scalable training of artificial neural
     networks with adaptive sparse connectivity inspired by network science"): a random sparse
@@ -203,6 +209,7 @@ def set_(zeta: float = 0.3, end: float = 0.75) -> Controller:
     return _dynamic_sparse("set", end, lambda obs: zeta, lambda obs, key: _random(obs, key))
 
 
+@register("rigl")
 def rigl(alpha: float = 0.3, end: float = 0.75) -> Controller:
     """RigL (Evci et al. 2020, "Rigging the Lottery: Making All Tickets Winners"): a random
     sparse mask at the target at the first surgery (step 0); then, at every surgery before

@@ -19,8 +19,8 @@ Weights leave ALIVE to SEDATED (they keep learning and may wake), unless lysed b
 the neutral action the forward network follows GMP exactly.
 
 ``action_controller`` takes the action from its state (the environment writes it before each
-surgery); a frozen policy deployed in any training loop (the next step of issue 4) computes the
-action from its observation instead, through the same :func:`decide_from_action`.
+surgery); a frozen policy deployed in any training loop (:func:`deployed`) computes the action
+from its observation instead, through the same :func:`decide_from_action`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from emrakul.agent.networks import LYSE, SEDATE, WAKE, AgentAction
 from emrakul.controllers import schedules
 from emrakul.controllers.base import Controller, Decision, Observation, make_decision
+from emrakul.controllers.registry import register
 from emrakul.surgery.lifecycle import SEDATED
 from emrakul.vitals import regions as rg
 
@@ -224,6 +225,7 @@ def load_policy(path: str):
     return ocp.StandardCheckpointer().restore(path)
 
 
+@register("magistrate")
 def magistrate(policy: str = "", drop_features: str = "", **kwargs) -> Controller:
     """The learned controller from a saved policy (``policy``: ``experiments.train_agent``'s
     ``WORKDIR/agent``); ``drop_features``: comma-separated observation groups the policy was

@@ -29,3 +29,9 @@ def cosine_decay(step: jax.Array, total_steps: int, alpha, end: float) -> jax.Ar
     t = jnp.asarray(step, jnp.float32)
     frac = 0.5 * jnp.asarray(alpha, jnp.float32) * (1.0 + jnp.cos(jnp.pi * t / t_end))
     return jnp.where(t < t_end, frac, 0.0)
+
+
+def between(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
+    """Whether ``start * T <= step < end * T`` (a bool scalar, traced ``step``)."""
+    t = jnp.asarray(step, jnp.float32)
+    return (t >= start * total_steps) & (t < end * total_steps)

@@ -1,13 +1,12 @@
 """An optional native CPU kernel for :func:`emrakul.masks.topk_mask`, compiled on first use.
 
 On XLA:CPU an exact selection costs several vectorised count passes of XLA's own (each pass
-materialises a 0/1 array and reduces it), which puts a RigL mask update every step at about 2x
-the dense train step of the foundation issue's MLP. ``emrakul/masks/_native/topk.cc`` does the
-same selection, bit for bit, as an XLA FFI custom call: two-threshold count passes vectorised by
-the C++ compiler narrow a bracket around the k-th value, an AVX-512 compaction gathers the few
+materialises a 0/1 array and reduces it), which makes a mask update every step (RigL, Evci et
+al. 2020) dominate a small model's train step. ``emrakul/masks/_native/topk.cc`` does the same
+selection, bit for bit, as an XLA FFI custom call: two-threshold count passes vectorised by the
+C++ compiler narrow a bracket around the k-th value, an AVX-512 compaction gathers the few
 entries inside it and ``std::nth_element`` picks the threshold (the file's header has the
-details). Measured by ``python -m benchmarks.topk_ffi --step`` it makes the six selections of a
-RigL update ~2.7x faster and the RigL step ~1.4x the dense step (see BUILD_NOTES.md).
+details). ``python -m benchmarks.topk_ffi --step`` times it against the XLA version.
 
 The kernel is opt-in and never required:
 
