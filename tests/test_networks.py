@@ -475,3 +475,30 @@ def test_actor_runs_without_critic_params(variables):
     full = forward(variables, obs, jax.random.key(0), some_action(np.random.default_rng(0), 16, 4))
     chex.assert_trees_all_close(policy, full["policy"], atol=1e-6)
     np.testing.assert_allclose(value, full["value"], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- module layout
+
+
+def test_networks_gathers_the_agent_modules_public_names():
+    from emrakul.agent import encoder, heads, policy, spaces
+
+    for module in (spaces, encoder, heads, policy):
+        for name in dir(module):
+            if not name.startswith("_") and name in N.__all__:
+                assert getattr(N, name) is getattr(module, name), name
+    used = ("Agent", "AgentObs", "AgentAction", "PolicyParams", "Magistrate", "Phage", "Critic",
+            "SurgeonGeneral", "Specialist", "sample", "mode", "log_prob", "entropy",
+            "log_prob_terms", "entropy_terms", "KEEP", "LYSE", "DECISIONS")  # fmt: skip
+    for name in used:
+        assert name in N.__all__ and hasattr(N, name), name
+
+
+def test_check_obs_names_a_bad_rank():
+    obs = N.AgentObs(jnp.zeros((4, 3)), jnp.ones(4, bool), jnp.zeros(4, jnp.int32),
+                     jnp.ones(2, bool), jnp.zeros((1, 5)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"AgentObs.globals must have rank 1"):
+        N.check_obs(obs)
+    with pytest.raises(ValueError, match=r"must have R_max = 4"):
+        N.check_obs(obs._replace(globals=jnp.zeros(5), region_valid=jnp.ones(3, bool)))
+    assert N.check_obs(obs._replace(globals=jnp.zeros(5))) == (4, 2)

@@ -1,36 +1,127 @@
 """What the Magistrate observes: per-region vital signs and a few global features.
 
 Per output unit of every pruned kernel (``Units`` regions, :mod:`emrakul.vitals.regions`), the
-mean of log-scale signals: log-magnitude, log-|gradient|, log1p-GSNR, log-Fisher, sign-flip
-rate, log1p dormancy age, the alive and sedated fractions, the unit's ReDo activation score
-(Sokar et al. 2023; 0 when the loop measured none), plus the region's log-size and its
-layer's relative depth. Every feature is z-scored over the host's valid regions, so the same
-policy transfers between hosts of different sizes (DESIGN.md: keep observations normalised).
-Rows are padded to ``r_max``; layers to ``l_max``.
+mean of each per-parameter signal of :data:`REGION_FEATURES`: log-magnitude, log-|gradient|,
+log1p-GSNR, log-Fisher, sign-flip rate, log1p dormancy age, the alive and sedated fractions, the
+unit's ReDo activation score (Sokar, Agarwal, Castro & Evci, 2023, "The Dormant Neuron
+Phenomenon in Deep Reinforcement Learning"; 0 when the loop measured none), plus the region's
+log-size and its layer's relative depth. Every feature is z-scored over the host's valid
+regions, so the same policy transfers between hosts of different sizes (DESIGN.md: keep
+observations normalised). Rows are padded to ``r_max``; layers to ``l_max``. Observing a new
+vital sign is one :class:`RegionFeature` entry (it widens the observation, so a policy trained
+on the old width needs retraining).
 
-Globals come from the observation alone (so a deployed policy sees what the training policy
-saw): progress through training, current and target sparsity, the mean log1p-GSNR and mean
-flip rate of alive weights, the log Fisher trace, and the training health the wrapper tracks
-(``Observation.health``): log training loss, its relative slope (clipped to [-1, 1]) and the
-last validation accuracy (zeros when not tracked).
+Globals (:data:`GLOBAL_NAMES`) come from the observation alone (so a deployed policy sees what
+the training policy saw): progress through training, current and target sparsity, the mean
+log1p-GSNR and mean flip rate of alive weights, the log Fisher trace, and the training health
+the wrapper tracks (``Observation.health``): log training loss, its relative slope (clipped to
+[-1, 1]) and the last validation accuracy (zeros when not tracked).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from emrakul import vitals as vit
-from emrakul.agent.networks import AgentObs
+from emrakul._tree import PyTree
+from emrakul.agent.spaces import AgentObs
 from emrakul.controllers.base import Observation
 from emrakul.surgery.lifecycle import ALIVE, SEDATED
 from emrakul.vitals import regions as rg
 
-SIGNALS = ("logmag", "loggrad", "gsnr", "fisher", "flip", "age", "alive", "sedated", "dormant")
+_TINY = 1e-12
+
+
+class HostSignals(NamedTuple):
+    """What the region features read: the controller's observation and its derived signals.
+
+    Attributes:
+      obs: the controller :class:`~emrakul.controllers.base.Observation` (vitals present).
+      gsnr: :func:`emrakul.vitals.gsnr` of ``obs.vitals``.
+      fisher: :func:`emrakul.vitals.fisher` of ``obs.vitals``.
+    """
+
+    obs: Observation
+    gsnr: PyTree
+    fisher: PyTree
+
+
+class RegionFeature(NamedTuple):
+    """One observed per-parameter signal, averaged per region.
+
+    Attributes:
+      name: the feature's name (its column is ``name/mean``; columns are sorted by name).
+      signal: ``signal(host: HostSignals) -> tree`` shaped like the params.
+    """
+
+    name: str
+    signal: Callable[[HostSignals], PyTree]
+
+
+def _lifecycle_is(code: int) -> Callable[[HostSignals], PyTree]:
+    def signal(h: HostSignals) -> PyTree:
+        return jax.tree.map(
+            lambda s, w: jnp.broadcast_to(s == code, jnp.shape(w)), h.obs.state, h.obs.params
+        )
+
+    return signal
+
+
+def _dormant(h: HostSignals) -> PyTree:
+    obs = h.obs
+    scores = (
+        obs.activations
+        if obs.activations is not None
+        else jax.tree.map(lambda _: jnp.float32(0.0), obs.params)
+    )
+    return jax.tree.map(
+        lambda a, w: jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(w)),
+        scores,
+        obs.params,
+    )
+
+
+REGION_FEATURES: tuple[RegionFeature, ...] = (
+    RegionFeature(
+        "logmag", lambda h: jax.tree.map(lambda w: jnp.log(jnp.abs(w) + _TINY), h.obs.params)
+    ),
+    RegionFeature(
+        "loggrad",
+        lambda h: jax.tree.map(lambda g: jnp.log(jnp.abs(g) + _TINY), vit.grad_mean(h.obs.vitals)),
+    ),
+    RegionFeature("gsnr", lambda h: jax.tree.map(jnp.log1p, h.gsnr)),
+    RegionFeature("fisher", lambda h: jax.tree.map(lambda f: jnp.log(f + _TINY), h.fisher)),
+    RegionFeature("flip", lambda h: h.obs.vitals.flip_rate),
+    RegionFeature(
+        "age", lambda h: jax.tree.map(lambda a: jnp.log1p(a.astype(jnp.float32)), h.obs.vitals.age)
+    ),
+    RegionFeature("alive", _lifecycle_is(ALIVE)),
+    RegionFeature("sedated", _lifecycle_is(SEDATED)),
+    RegionFeature("dormant", _dormant),
+)
+"""The per-region signals the agent observes (a new one is one entry)."""
+
+SIGNALS = tuple(f.name for f in REGION_FEATURES)
 FEATURE_NAMES = (*sorted(SIGNALS), "log_size", "depth")
 """The columns of ``AgentObs.regions`` (signals in sorted order, as ``regions.summarize``)."""
 NUM_FEATURES = len(FEATURE_NAMES)
-NUM_GLOBALS = 9
+GLOBAL_NAMES = (
+    "progress",
+    "sparsity",
+    "target_sparsity",
+    "alive_log1p_gsnr",
+    "alive_flip_rate",
+    "log_fisher_trace",
+    "log_loss",
+    "loss_slope",
+    "val_accuracy",
+)
+"""The entries of ``AgentObs.globals``, in order."""
+NUM_GLOBALS = len(GLOBAL_NAMES)
 
 
 def _zscore(x: jax.Array, valid: jax.Array) -> jax.Array:
@@ -39,6 +130,59 @@ def _zscore(x: jax.Array, valid: jax.Array) -> jax.Array:
     mean = (x * w).sum(0) / n
     var = (((x - mean) * w) ** 2).sum(0) / n
     return jnp.where(valid[:, None], (x - mean) / jnp.sqrt(var + 1e-6), 0.0)
+
+
+def region_signals(host: HostSignals) -> dict[str, PyTree]:
+    """Every per-parameter signal of :data:`REGION_FEATURES`, by name."""
+    return {f.name: f.signal(host) for f in REGION_FEATURES}
+
+
+def _region_matrix(
+    host: HostSignals, layout: rg.RegionLayout, r_max: int, drop: tuple[str, ...]
+) -> jax.Array:
+    """The z-scored ``[r_max, NUM_FEATURES]`` region features (dropped groups zeroed)."""
+    summary = rg.summarize(region_signals(host), layout)
+    depth = layout.layer_index / max(layout.num_layers - 1, 1)
+    extra = jnp.stack(
+        [jnp.log(jnp.asarray(layout.region_size, jnp.float32)), jnp.asarray(depth, jnp.float32)],
+        axis=1,
+    )
+    feats = jnp.concatenate([summary.features, extra], axis=1)
+    feats = jnp.pad(feats, ((0, r_max - layout.num_regions), (0, 0)))
+    feats = _zscore(feats, jnp.arange(r_max) < layout.num_regions)
+    keep = jnp.asarray(
+        [name.split("/")[0] not in drop for name in summary.feature_names] + [True, True]
+    )
+    return feats * keep
+
+
+def _global_features(host: HostSignals) -> jax.Array:
+    """The ``[NUM_GLOBALS]`` global features of :data:`GLOBAL_NAMES`."""
+    obs = host.obs
+    pruned = [jnp.ndim(s) > 0 for s in jax.tree.leaves(obs.state)]
+    alive = [s == ALIVE for s, p in zip(jax.tree.leaves(obs.state), pruned, strict=True) if p]
+    sizes = jnp.asarray([a.size for a in alive], jnp.float32)
+    alive_w = jnp.concatenate([a.reshape(-1) for a in alive]).astype(jnp.float32)
+    n_alive = jnp.maximum(alive_w.sum(), 1.0)
+
+    def mean_alive(tree: PyTree, f: Callable = lambda x: x) -> jax.Array:
+        xs = [f(x) for x, p in zip(jax.tree.leaves(tree), pruned, strict=True) if p]
+        return jnp.sum(jnp.concatenate([x.reshape(-1) for x in xs]) * alive_w) / n_alive
+
+    trace = sum(jnp.sum(f) for f in jax.tree.leaves(host.fisher))
+    health = jnp.zeros((3,), jnp.float32) if obs.health is None else obs.health
+    values = {
+        "progress": jnp.asarray(obs.step, jnp.float32) / obs.total_steps,
+        "sparsity": 1.0 - sum(jnp.sum(a) for a in alive) / jnp.sum(sizes),
+        "target_sparsity": jnp.mean(obs.target),
+        "alive_log1p_gsnr": mean_alive(host.gsnr, jnp.log1p),
+        "alive_flip_rate": mean_alive(obs.vitals.flip_rate),
+        "log_fisher_trace": jnp.log(trace + _TINY),
+        "log_loss": jnp.log(health[0] + 1e-6),
+        "loss_slope": jnp.clip(health[1], -1.0, 1.0),
+        "val_accuracy": health[2],
+    }
+    return jnp.stack([values[name] for name in GLOBAL_NAMES]).astype(jnp.float32)
 
 
 def observe(
@@ -59,6 +203,10 @@ def observe(
 
     Returns:
       An :class:`~emrakul.agent.networks.AgentObs`.
+
+    Raises:
+      ValueError: if the host has more regions or layers than the padding, ``drop`` names an
+        unknown signal, or the observation carries no vital signs.
     """
     if layout.num_regions > r_max or layout.num_layers > l_max:
         raise ValueError(
@@ -70,80 +218,13 @@ def observe(
         raise ValueError(f"unknown observation groups {sorted(unknown)}; choose from {SIGNALS}")
     if obs.vitals is None:
         raise ValueError("the Magistrate needs vital signs (controller.needs_vitals)")
-    tiny = 1e-12
-    state = obs.state
-    gsnr = vit.gsnr(obs.vitals)
-    fisher = vit.fisher(obs.vitals)
-    signals = {
-        "logmag": jax.tree.map(lambda w: jnp.log(jnp.abs(w) + tiny), obs.params),
-        "loggrad": jax.tree.map(lambda g: jnp.log(jnp.abs(g) + tiny), vit.grad_mean(obs.vitals)),
-        "gsnr": jax.tree.map(jnp.log1p, gsnr),
-        "fisher": jax.tree.map(lambda f: jnp.log(f + tiny), fisher),
-        "flip": obs.vitals.flip_rate,
-        "age": jax.tree.map(lambda a: jnp.log1p(a.astype(jnp.float32)), obs.vitals.age),
-        "alive": jax.tree.map(
-            lambda s, w: jnp.broadcast_to(s == ALIVE, jnp.shape(w)), state, obs.params
-        ),
-        "sedated": jax.tree.map(
-            lambda s, w: jnp.broadcast_to(s == SEDATED, jnp.shape(w)), state, obs.params
-        ),
-        "dormant": jax.tree.map(
-            lambda a, w: jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(w)),
-            obs.activations
-            if obs.activations is not None
-            else jax.tree.map(lambda _: jnp.float32(0.0), obs.params),
-            obs.params,
-        ),
-    }
-    summary = rg.summarize(signals, layout)
-    num = layout.num_regions
-    depth = layout.layer_index / max(layout.num_layers - 1, 1)
-    extra = jnp.stack(
-        [jnp.log(jnp.asarray(layout.region_size, jnp.float32)), jnp.asarray(depth, jnp.float32)],
-        axis=1,
-    )
-    feats = jnp.concatenate([summary.features, extra], axis=1)
-    pad = r_max - num
-    feats = jnp.pad(feats, ((0, pad), (0, 0)))
-    valid = jnp.arange(r_max) < num
-    feats = _zscore(feats, valid)
-    keep = jnp.asarray(
-        [name.split("/")[0] not in drop for name in summary.feature_names] + [True, True]
-    )
-    feats = feats * keep
-    layer = jnp.pad(jnp.asarray(layout.layer_index, jnp.int32), (0, pad))
-    alive = [s == ALIVE for s in jax.tree.leaves(state) if jnp.ndim(s) > 0]
-    sizes = jnp.asarray([a.size for a in alive], jnp.float32)
-    sparsity = 1.0 - sum(jnp.sum(a) for a in alive) / jnp.sum(sizes)
-    alive_w = jnp.concatenate([a.reshape(-1) for a in alive]).astype(jnp.float32)
-    pruned_gsnr = [g for g, s in zip(jax.tree.leaves(gsnr), jax.tree.leaves(state), strict=True)
-                   if jnp.ndim(s) > 0]  # fmt: skip
-    flips = [f for f, s in zip(jax.tree.leaves(obs.vitals.flip_rate), jax.tree.leaves(state),
-                               strict=True) if jnp.ndim(s) > 0]  # fmt: skip
-    n_alive = jnp.maximum(alive_w.sum(), 1.0)
-    mean_alive = lambda xs: (
-        jnp.sum(jnp.concatenate([x.reshape(-1) for x in xs]) * alive_w) / n_alive
-    )
-    trace = sum(jnp.sum(f) for f in jax.tree.leaves(fisher))
-    progress = jnp.asarray(obs.step, jnp.float32) / obs.total_steps
-    health = jnp.zeros((3,), jnp.float32) if obs.health is None else obs.health
-    globals_ = jnp.stack(
-        [
-            progress,
-            sparsity,
-            jnp.mean(obs.target),
-            mean_alive([jnp.log1p(g) for g in pruned_gsnr]),
-            mean_alive(flips),
-            jnp.log(trace + tiny),
-            jnp.log(health[0] + 1e-6),
-            jnp.clip(health[1], -1.0, 1.0),
-            health[2],
-        ]
-    ).astype(jnp.float32)
+    host = HostSignals(obs, vit.gsnr(obs.vitals), vit.fisher(obs.vitals))
+    feats = _region_matrix(host, layout, r_max, drop)
+    pad = r_max - layout.num_regions
     return AgentObs(
         regions=feats.astype(jnp.float32),
-        region_valid=valid,
-        region_layer=layer,
+        region_valid=jnp.arange(r_max) < layout.num_regions,
+        region_layer=jnp.pad(jnp.asarray(layout.layer_index, jnp.int32), (0, pad)),
         layer_valid=jnp.arange(l_max) < layout.num_layers,
-        globals=globals_,
+        globals=_global_features(host),
     )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from emrakul._tree import PyTree
-from emrakul.vitals.state import stat_dtype
+from emrakul.vitals.statistics import stat_dtype
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Dense, nn.DenseGeneral, nn.Conv)
 """The submodules whose outputs :func:`activation_stats` captures by default."""

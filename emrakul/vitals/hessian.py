@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from emrakul._tree import PyTree, check_floating
-from emrakul.vitals.state import stat_dtype
+from emrakul.vitals.statistics import stat_dtype
 
 
 def _rademacher_like(key: jax.Array, params: PyTree) -> PyTree:

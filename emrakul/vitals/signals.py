@@ -4,6 +4,7 @@ Every function is pure and elementwise and returns a pytree shaped like the para
 under ``jax.jit`` and ``jax.vmap`` and can be summarised per region by
 :mod:`emrakul.vitals.regions`.
 
+* :func:`corrected` - the bias-corrected value of any EMA statistic of the state, by name.
 * :func:`grad_mean` - the bias-corrected EMA gradient.
 * :func:`fisher` - the empirical Fisher diagonal, the bias-corrected EMA of ``g**2``.
 * :func:`gsnr` - the gradient signal-to-noise ratio ``E[g]**2 / Var[g]``.
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from emrakul._tree import PyTree, check_same_structure
-from emrakul.vitals.state import VitalsState
+from emrakul.vitals.state import FIELDS, VitalsState
 
 _tmap = jax.tree_util.tree_map
 
@@ -36,6 +37,31 @@ def _corrected(ema: PyTree, state: VitalsState) -> PyTree:
     return _tmap(one, ema, state.debias)
 
 
+def corrected(state: VitalsState, name: str) -> PyTree:
+    """The bias-corrected value ``ema / (1 - debias)`` of the EMA statistic ``name``.
+
+    The correction is Adam's (Kingma & Ba, 2015): an EMA started at zero underestimates its
+    target by the factor ``1 - prod(decays)``. It applies to every EMA of the statistics table,
+    built-in (``grad_mean``, ``grad_sq``) or added (``state.extra``). A leaf that has not been
+    updated yet (``debias == 1``) gives zeros.
+
+    Args:
+      state: running statistics from :func:`emrakul.vitals.update`.
+      name: the statistic, a field of the state or a key of ``state.extra``.
+
+    Returns:
+      A pytree shaped like the params (dtype of the statistic).
+
+    Raises:
+      KeyError: if the state holds no statistic ``name``.
+      ValueError: if the statistic's structure differs from ``state.debias``.
+    """
+    ema = state.statistic(name)
+    where = f"state.{name}" if name in FIELDS else f"state.extra[{name!r}]"
+    check_same_structure(ema, state.debias, where, "state.debias")
+    return _corrected(ema, state)
+
+
 def grad_mean(state: VitalsState) -> PyTree:
     """The bias-corrected EMA of the gradient, ``grad_mean / (1 - debias)``.
 
@@ -48,8 +74,7 @@ def grad_mean(state: VitalsState) -> PyTree:
     Returns:
       A pytree shaped like the params (dtype of the statistics).
     """
-    check_same_structure(state.grad_mean, state.debias, "state.grad_mean", "state.debias")
-    return _corrected(state.grad_mean, state)
+    return corrected(state, "grad_mean")
 
 
 def fisher(state: VitalsState) -> PyTree:
@@ -70,8 +95,7 @@ def fisher(state: VitalsState) -> PyTree:
     Returns:
       A non-negative pytree shaped like the params (zeros for a leaf never updated).
     """
-    check_same_structure(state.grad_sq, state.debias, "state.grad_sq", "state.debias")
-    return _corrected(state.grad_sq, state)
+    return corrected(state, "grad_sq")
 
 
 def gsnr(state: VitalsState, eps: float | jax.Array = 1e-6) -> PyTree:

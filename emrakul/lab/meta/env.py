@@ -1,14 +1,13 @@
 """Pruning as an environment: ``SurgeryEnv`` (gymnax-style ``reset`` / ``step``).
 
-One environment step applies the agent's action (:mod:`emrakul.controllers.magistrate`: budgets,
-temperature, regrowth and per-region decisions as corrections to GMP), runs one surgery interval
-of K host training steps through the compiled loop (:mod:`emrakul.lab.loop`, the same
-``emrakul.wrap``
-mechanism as every other controller), and returns the trauma-aware reward
-(:mod:`emrakul.lab.meta.reward`). One episode is one whole host training run; at its end the state
-auto-resets (gymnax semantics: the returned observation is the new episode's first). Everything
-is pure and vmaps over a population of hosts (seeds); hosts of different sizes share one
-compiled policy through padding (``r_max``, ``l_max``).
+One environment step applies the agent's action (:mod:`emrakul.controllers.magistrate`:
+budgets, temperature, regrowth and per-region decisions as corrections to GMP), runs one surgery
+interval of K host training steps through the compiled loop (:mod:`emrakul.lab.loop`, the same
+``emrakul.wrap`` mechanism as every other controller), and returns the trauma-aware reward
+(:mod:`emrakul.lab.meta.reward`). One episode is one whole host training run; at its end the
+state auto-resets (gymnax semantics: the returned observation is the new episode's first).
+Everything is pure and vmaps over a population of hosts (seeds); hosts of different sizes share
+one compiled policy through padding (``r_max``, ``l_max``).
 
 Measured spike: ``loss_before`` is the validation loss at the end of the previous interval,
 ``loss_after_cut`` the validation loss right after the surgery's step, ``loss_end`` at the end
@@ -29,7 +28,7 @@ from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import default_filter
 from emrakul.agent import features
-from emrakul.agent.networks import AgentAction, AgentObs
+from emrakul.agent.spaces import AgentAction, AgentObs
 from emrakul.controllers.magistrate import ActionState, action_controller
 from emrakul.lab import hosts
 from emrakul.lab.loop import RunState, make_train

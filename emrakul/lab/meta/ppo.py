@@ -112,6 +112,58 @@ def _masked_mean(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def _check_loss_inputs(
+    arrays: list[jax.Array], mask: jax.Array | None, old_values: jax.Array | None
+) -> None:
+    """Shape and dtype asserts of :func:`ppo_loss`'s per-sample inputs."""
+    chex.assert_rank(arrays[0], {1, 2, 3, 4})
+    chex.assert_equal_shape(arrays)
+    chex.assert_type(arrays, float)
+    if mask is not None:
+        chex.assert_equal_shape([arrays[0], mask])
+    if old_values is not None:
+        chex.assert_equal_shape([arrays[0], old_values])
+        chex.assert_type(old_values, float)
+
+
+def _standardized(adv: jax.Array, w: jax.Array) -> jax.Array:
+    """``(adv - mean) / (std + 1e-8)`` over the weighted samples."""
+    mean = _masked_mean(adv, w)
+    std = jnp.sqrt(_masked_mean((adv - mean) ** 2, w))
+    return (adv - mean) / (std + 1e-8)
+
+
+def _policy_loss(ratio: jax.Array, adv: jax.Array, w: jax.Array, clip_eps: Scalar) -> jax.Array:
+    """The clipped surrogate loss, the weighted mean over samples."""
+    # rlax averages over its rank-1 inputs; apply it per sample so padding can be masked out.
+    per_sample = jax.vmap(lambda r, a: rlax.clipped_surrogate_pg_loss(r[None], a[None], clip_eps))(
+        ratio, adv
+    )
+    return _masked_mean(per_sample, w)
+
+
+def _ratio_diagnostics(
+    ratio: jax.Array, log_ratio: jax.Array, w: jax.Array, clip_eps: Scalar
+) -> tuple[jax.Array, jax.Array]:
+    """``(approx_kl, clip_fraction)`` of the importance ratios (no gradient)."""
+    ratio_c = jax.lax.stop_gradient(ratio)
+    log_ratio_c = jax.lax.stop_gradient(log_ratio)
+    approx_kl = _masked_mean((ratio_c - 1.0) - log_ratio_c, w)
+    clip_fraction = _masked_mean((jnp.abs(ratio_c - 1.0) > clip_eps).astype(w.dtype), w)
+    return approx_kl, clip_fraction
+
+
+def _value_loss(
+    v: jax.Array, ret: jax.Array, w: jax.Array, v_old: jax.Array | None, eps_v: Scalar
+) -> jax.Array:
+    """``0.5 * mean((V - R)**2)``, pessimistically clipped around ``v_old`` when given."""
+    value_err = (v - ret) ** 2
+    if v_old is not None:
+        v_clipped = v_old + jnp.clip(v - v_old, -eps_v, eps_v)
+        value_err = jnp.maximum(value_err, (v_clipped - ret) ** 2)
+    return 0.5 * _masked_mean(value_err, w)
+
+
 def ppo_loss(
     new_log_prob: jax.Array,
     old_log_prob: jax.Array,
@@ -158,15 +210,9 @@ def ppo_loss(
     Returns:
       ``(loss, metrics)``: the float32 scalar loss and its :class:`PPOMetrics`.
     """
-    arrays = [new_log_prob, old_log_prob, advantages, values, returns, entropy]
-    chex.assert_rank(new_log_prob, {1, 2, 3, 4})
-    chex.assert_equal_shape(arrays)
-    chex.assert_type(arrays, float)
-    if mask is not None:
-        chex.assert_equal_shape([new_log_prob, mask])
-    if old_values is not None:
-        chex.assert_equal_shape([new_log_prob, old_values])
-        chex.assert_type(old_values, float)
+    _check_loss_inputs(
+        [new_log_prob, old_log_prob, advantages, values, returns, entropy], mask, old_values
+    )
 
     def flat(x: jax.Array) -> jax.Array:
         return jnp.reshape(x, (-1,))
@@ -177,41 +223,17 @@ def ppo_loss(
     ratio = jnp.exp(log_ratio)
     adv = jax.lax.stop_gradient(flat(advantages))
     if normalize_advantages:
-        mean = _masked_mean(adv, w)
-        std = jnp.sqrt(_masked_mean((adv - mean) ** 2, w))
-        adv = (adv - mean) / (std + 1e-8)
+        adv = _standardized(adv, w)
 
-    # rlax averages over its rank-1 inputs; apply it per sample so padding can be masked out.
-    per_sample = jax.vmap(lambda r, a: rlax.clipped_surrogate_pg_loss(r[None], a[None], clip_eps))(
-        ratio, adv
-    )
-    policy_loss = _masked_mean(per_sample, w)
-
-    v = flat(values)
-    ret = jax.lax.stop_gradient(flat(returns))
-    value_err = (v - ret) ** 2
-    if old_values is not None:
-        eps_v = clip_eps if value_clip_eps is None else value_clip_eps
-        v_old = flat(old_values)
-        v_clipped = v_old + jnp.clip(v - v_old, -eps_v, eps_v)
-        value_err = jnp.maximum(value_err, (v_clipped - ret) ** 2)
-    value_loss = 0.5 * _masked_mean(value_err, w)
-
+    policy_loss = _policy_loss(ratio, adv, w, clip_eps)
+    eps_v = clip_eps if value_clip_eps is None else value_clip_eps
+    old_v = None if old_values is None else flat(old_values)
+    value_loss = _value_loss(flat(values), jax.lax.stop_gradient(flat(returns)), w, old_v, eps_v)
     mean_entropy = _masked_mean(flat(entropy), w)
     loss = policy_loss + value_coef * value_loss - entropy_coef * mean_entropy
 
-    ratio_c = jax.lax.stop_gradient(ratio)
-    log_ratio_c = jax.lax.stop_gradient(log_ratio)
-    approx_kl = _masked_mean((ratio_c - 1.0) - log_ratio_c, w)
-    clip_fraction = _masked_mean((jnp.abs(ratio_c - 1.0) > clip_eps).astype(w.dtype), w)
-    metrics = PPOMetrics(
-        loss=loss,
-        policy_loss=policy_loss,
-        value_loss=value_loss,
-        entropy=mean_entropy,
-        approx_kl=approx_kl,
-        clip_fraction=clip_fraction,
-    )
+    approx_kl, clip_fraction = _ratio_diagnostics(ratio, log_ratio, w, clip_eps)
+    metrics = PPOMetrics(loss, policy_loss, value_loss, mean_entropy, approx_kl, clip_fraction)
     return loss, metrics
 
 

@@ -1,10 +1,9 @@
 """The trauma-aware reward of the Magistrate, as pure functions over small NamedTuples.
 
-One environment step of :class:`emrakul.lab.meta.env.SurgeryEnv` applies a surgery (a *cut*) and
-then
-runs ``K`` host training steps (one *interval*). The environment measures what happened in an
-:class:`IntervalSummary`; :func:`reward` turns it into a scalar reward plus every term on its own
-(:class:`RewardTerms`, for logging)::
+One environment step of :class:`emrakul.lab.meta.env.SurgeryEnv` applies a surgery (a *cut*)
+and then runs ``K`` host training steps (one *interval*). The environment measures what
+happened in an :class:`IntervalSummary`; :func:`reward` turns it into a scalar reward plus every
+term on its own (:class:`RewardTerms`, for logging)::
 
     R = accuracy + progress + size + oscillation + spike + recovery + health + terminal
 
