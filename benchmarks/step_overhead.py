@@ -1,6 +1,6 @@
 """Cost of Emrakul inside a train step, as ratios to the plain dense step (one run, medians).
 
-MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32, as in the foundation issue:
+MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32:
 
 * ``dense``: grad + Adam + apply_updates.
 * ``masks``: the forward pass uses ``masks.apply(params, masks)``, no vital signs.
@@ -73,7 +73,7 @@ def rigl_masks(masks, params, grads, drop_fraction, select=msk.topk_mask):
 
 
 def problem(batch: int):
-    """The issue's problem: ``(loss_fn, params, tx, masks)`` for the MLP on one fixed batch of
+    """The timed problem: ``(loss_fn, params, tx, masks)`` for the MLP on one fixed batch of
     random data, Adam, and kernel masks at ``SPARSITY`` (magnitude)."""
     model = MLP()
     key = jax.random.PRNGKey(0)

@@ -378,3 +378,92 @@ def test_save_from_wrapper_state(tmp_path):
     x = jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)
     want = model.apply({"params": emrakul.masked(params, opt_state)}, x)
     assert _max_diff(want, model.apply({"params": got}, x)) == 0.0
+
+
+# ------------------------------------------------------------------------ the package's modules
+
+
+def test_public_names_are_the_modules_own():
+    from emrakul.export import checkpoint, compaction, resolve, sparse
+
+    assert export.compact is compaction.compact and export.Compacted is compaction.Compacted
+    assert export.compact_model is compaction.compact_model
+    assert export.resolve_masks is resolve.resolve_masks
+    assert export.to_sparse is sparse.to_sparse and export.from_sparse is sparse.from_sparse
+    assert export.SparseLeaf is sparse.SparseLeaf
+    assert export.save is checkpoint.save and export.load is checkpoint.load
+    assert export.checkpoint_bytes is checkpoint.checkpoint_bytes
+    assert all(hasattr(export, name) for name in export.__all__)
+
+
+def test_layer_names_put_convs_first_and_reject_mixed_kinds():
+    from emrakul.export import stack
+
+    k = lambda *s: jnp.ones(s)
+    params = {"Dense_0": {"kernel": k(8, 2)}, "Conv_1": {"kernel": k(3, 3, 4, 4)}}
+    params["Conv_0"] = {"kernel": k(3, 3, 1, 4)}
+    assert stack.layer_names(params) == ["Conv_0", "Conv_1", "Dense_0"]
+    with pytest.raises(ValueError, match="mixed conv"):
+        stack.layer_names({"Conv_0": {"kernel": k(3, 1, 4)}, "Conv1D_0": {"kernel": k(3, 4, 4)}})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        stack.layer_names({})
+    with pytest.raises(ValueError, match="no 'kernel'"):
+        stack.layer_names({"Dense_0": {"bias": k(3)}})
+    with pytest.raises(ValueError, match="not a floating array"):
+        stack.layer_names({"Dense_0": {"kernel": jnp.ones((3, 4), jnp.int32)}})
+    with pytest.raises(ValueError, match=r"\[in, out\]"):
+        stack.layer_names({"Dense_0": {"kernel": k(3, 4, 5)}})
+    with pytest.raises(ValueError, match="conv layer 'Conv1D_0' after a dense"):
+        stack.consumer_view("Dense_0", "Conv1D_0", np.ones((3, 4, 2)), 4)
+
+
+def test_compact_activation_by_name_or_function():
+    rng = np.random.default_rng(13)
+    model = hosts.MLP(features=(12,), num_classes=3)
+    params = _init(model, (5,), rng)
+    masks = _unit_masks(params, rng, 0.5, "Dense_1")
+    by_name = export.compact(params, masks, activation="relu")
+    by_fn = export.compact(params, masks, activation=jax.nn.relu)
+    assert by_name.widths == by_fn.widths
+    np.testing.assert_array_equal(
+        by_name.params["Dense_1"]["bias"], by_fn.params["Dense_1"]["bias"]
+    )
+    with pytest.raises(ValueError, match="unknown activation"):
+        export.compact(params, masks, activation="gelu")
+
+
+def test_resolve_masks_needs_exactly_one_wrapper_state():
+    params = {"Dense_0": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
+    tx = emrakul.wrap(
+        optax.sgd(0.1), emrakul.controllers.make("one_shot"), total_steps=2, sparsity=0.5
+    )
+    state = tx.init(params)
+    eff, masks = export.resolve_masks(params, (optax.EmptyState(), state))
+    assert masks["Dense_0"]["kernel"].dtype == bool
+    assert masks["Dense_0"]["kernel"].shape == (4, 4)
+    assert eff["Dense_0"]["kernel"].shape == (4, 4)
+    with pytest.raises(ValueError, match="found 2 Emrakul states"):
+        export.resolve_masks(params, (state, state))
+
+
+def test_pack_unpack_round_trip_every_width():
+    from emrakul.export import sparse
+
+    rng = np.random.default_rng(14)
+    for bits in (1, 2, 4, 8):
+        idx = rng.integers(0, 1 << bits, size=37).astype(np.uint8)
+        packed = sparse._pack(idx, bits)
+        assert packed.dtype == np.uint8 and packed.size == -(-37 * bits // 8)
+        np.testing.assert_array_equal(sparse._unpack(packed, bits, 37), idx)
+    leaf = export.to_sparse({"a": jnp.ones((8, 8))}, {"a": np.eye(8, dtype=bool)})["a"]
+    assert leaf.nbytes == sum(a.nbytes for a in leaf.arrays.values())
+
+
+def test_load_rejects_a_target_of_another_structure(tmp_path):
+    params = {"a": jnp.ones((4, 3)), "b": jnp.ones(2)}
+    export.save(tmp_path / "c", params, {"a": np.ones((4, 3), bool), "b": True})
+    with pytest.raises(ValueError, match="do not match"):
+        export.load(tmp_path / "c", target={"a": jnp.ones((4, 3))})
+    got, masks = export.load(tmp_path / "c", target=params)
+    np.testing.assert_array_equal(got["a"], params["a"])
+    assert masks["b"] == np.bool_(True)

@@ -1,7 +1,7 @@
-"""Would a fused CPU kernel bring the vital signs under the foundation issue's 1.05x? A prototype.
+"""Would a fused CPU kernel bring the vital-signs update under 1.05x of the dense step? A prototype.
 
 XLA:CPU computes :func:`emrakul.vitals.update` as one loop per output array, each re-reading
-the gradient. ``benchmarks/vitals_ffi.cc`` does one leaf's update in a single fused,
+the gradient. ``benchmarks/prototypes/vitals_ffi.cc`` does one leaf's update in a single fused,
 vectorised pass (OpenMP, two threads) as an XLA FFI custom call that updates the state in place.
 This script compiles it with the system's C++ compiler, checks it against ``vitals.update``
 (three steps with masks, a zero-gradient leaf and a NaN leaf: EMAs within float rounding, signs,
@@ -9,7 +9,8 @@ ages, debias, counts exactly equal), then times, interleaved in one process, the
 ``benchmarks.step_overhead`` (MLP 784-512-512-10, Adam, batch 256) with the XLA update and with
 the kernel. It is a benchmark, not library code: nothing in ``emrakul`` uses it.
 
-Run: ``python -m benchmarks.vitals_ffi [--rounds 50] [--repeats 3] [--block 1] [--trace 0]``.
+Run: ``python -m benchmarks.prototypes.vitals_ffi [--rounds 50] [--repeats 3] [--block 1]
+[--trace 0]``.
 ``--block K`` times K consecutive steps of one variant per round (a training loop's steady
 state) instead of one; ``--trace N`` then profiles N consecutive steps of each
 variant with ``jax.profiler`` and prints the mean time per step of the custom calls and of
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import step_overhead
-from benchmarks._ffi import build_and_register
 from benchmarks._timing import carry_runner, markdown_table, step_ratios
+from benchmarks.prototypes._ffi import build_and_register
 from emrakul import vitals
 from emrakul.vitals.state import VitalsState, update_leaves
 

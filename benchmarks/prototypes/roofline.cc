@@ -1,7 +1,7 @@
 // What this CPU can stream, and what a hand-written, fused update of the vital signs' state
-// costs, for the foundation issue's MLP (669,706 parameters). Not library code.
+// costs, for the 784-512-512-10 MLP (669,706 parameters). Not library code.
 //
-// Run: g++ -O3 -march=native -fopenmp -std=c++17 benchmarks/roofline.cc -o /tmp/roofline &&
+// Run: g++ -O3 -march=native -fopenmp -std=c++17 benchmarks/prototypes/roofline.cc -o /tmp/roofline &&
 //      OMP_NUM_THREADS=2 /tmp/roofline
 //
 // 1. STREAM-style triad c = a + 0.5 b over float32 arrays of 669,706 entries (8 MB touched per

@@ -1,5 +1,5 @@
 // One leaf of emrakul.vitals.update as a fused, vectorised XLA FFI custom call for the CPU (a
-// prototype timed by benchmarks/vitals_ffi.py, not library code).
+// prototype timed by benchmarks/prototypes/vitals_ffi.py, not library code).
 //
 // Inputs: g, w (float32), mask (bool; pass an all-true array for an unpruned leaf), the state
 // m, v, fr (float32), last (int8), age (uint16), all of one shape; decay, weight and gradient

@@ -1,4 +1,4 @@
-"""Compiling and registering the C++ prototypes of the benchmarks as XLA FFI custom calls."""
+"""Compiling and registering the C++ prototypes beside this file as XLA FFI custom calls."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from emrakul.masks import native
 
 
 def build_and_register(source: str, symbol: str, target: str, openmp: bool = False) -> None:
-    """Compiles ``benchmarks/<source>`` as the library's native kernel is compiled
+    """Compiles ``benchmarks/prototypes/<source>`` as the library's native kernel is compiled
     (``emrakul.masks.native._compile``: ``$CXX`` or g++, ``-O3 -march=native``, cached) and
     registers its handler ``symbol`` as the CPU custom-call target ``target``; ``openmp`` links
     OpenMP's threads (``-fopenmp``) instead of only its SIMD pragmas."""
