@@ -10,19 +10,24 @@ state (PureJaxRL-style ``make_train``, but without mutable configs or tuple-unpa
   ``lax.cond`` branches on a step counter that ``vmap`` would batch;
 * ``evaluate(state, split)``; and ``train(key)``, the whole run as one program.
 
-``jax.jit(jax.vmap(trainer.train))(keys)`` trains several seeds at once; Python can also drive
-``run`` in chunks of the same compiled program (see :mod:`emrakul.lab.runner`) to show progress and
-checkpoint. The optimizer is ``emrakul.wrap``: the loop and user code share one mechanism.
+``jax.jit(jax.vmap(trainer.train))(keys)`` trains several seeds at once; ``trainer.program`` is
+the same program as a :class:`~emrakul.lab.program.Program`, which :mod:`emrakul.lab.driver`
+runs in chunks to show progress and checkpoint (:func:`emrakul.lab.runner.run_controller`). The
+optimizer is ``emrakul.wrap`` around Adam (:func:`emrakul.lab.build.wrapped_adam`): the loop and
+user code share one mechanism. Every piece is a module-level pure function of a
+:class:`Setup` (the static parts) and the state.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from emrakul import controllers as ctl
@@ -30,7 +35,9 @@ from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import path_str
 from emrakul.lab import hosts
+from emrakul.lab.build import make_controller, wrapped_adam
 from emrakul.lab.config import check_structure_fits, structure_from_config, validate
+from emrakul.lab.program import Program
 from emrakul.surgery.lifecycle import ALIVE
 
 
@@ -80,6 +87,18 @@ class Trainer(NamedTuple):
     train: Any
     interval: Any
     activations: Any
+    program: Program | None = None  # the same program for :mod:`emrakul.lab.driver`
+
+
+class Setup(NamedTuple):
+    """The static parts of one classifier program (closed over, never traced)."""
+
+    module: nn.Module
+    data: hosts.Dataset
+    tx: optax.GradientTransformationExtraArgs
+    batch: int
+    every: int
+    wants_stats: bool
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
@@ -90,6 +109,138 @@ def _layer_names(params, life_state) -> tuple[str, ...]:
         if jnp.ndim(s) > 0:
             names.append(path_str(path))
     return tuple(names)
+
+
+def _apply(setup: Setup, params, x: jax.Array) -> jax.Array:
+    return setup.module.apply({"params": params}, x)
+
+
+def activations(setup: Setup, state: RunState) -> dict:
+    """ReDo statistics of every layer on the validation inputs (masked weights)."""
+    weights = wrap_mod.masked(state.params, state.opt_state)
+    return vit.activation_stats(
+        setup.module, {"params": weights}, setup.data.val.x, layer_types=(nn.Dense, hosts.Conv1D)
+    )
+
+
+def init(setup: Setup, key: jax.Array) -> RunState:
+    """Host params, the wrapped optimizer's state (with its own key) and the data key."""
+    k_params, k_opt, k_data = jax.random.split(key, 3)
+    params = setup.module.init(k_params, setup.data.train.x[:1])["params"]
+    opt_state = setup.tx.init(params)._replace(key=k_opt)
+    return RunState(params, opt_state, k_data, jnp.int32(0))
+
+
+def host_step(setup: Setup, carry, surgery: bool, extra: dict | None = None):
+    """One minibatch step of the host through the wrapped optimizer (with surgery or not)."""
+    params, opt_state, key = carry
+    key, k_batch = jax.random.split(key)
+    x, y = hosts.sample_batch(k_batch, setup.data.train, setup.batch)
+
+    def loss_fn(p):
+        return hosts.cross_entropy(_apply(setup, wrap_mod.masked(p, opt_state), x), y)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = setup.tx.update(
+        grads, opt_state, params, surgery=surgery, value=loss, **(extra or {})
+    )
+    return (optax.apply_updates(params, updates), opt_state, key), loss
+
+
+def evaluate(setup: Setup, state: RunState, split: str = "val") -> dict[str, jax.Array]:
+    """Loss and accuracy of the masked weights on a whole split."""
+    part = getattr(setup.data, split)
+    weights = wrap_mod.masked(state.params, state.opt_state)
+    return hosts.evaluate(lambda p, x: _apply(setup, p, x), weights, part)
+
+
+def _metrics(state: RunState, train_loss, val, after_cut) -> IntervalMetrics:
+    opt_state = state.opt_state
+    life = opt_state.life
+    leaves = [s for s in jax.tree.leaves(life.state) if jnp.ndim(s) > 0]
+    dead = jnp.stack([jnp.sum(s != ALIVE) for s in leaves]).astype(jnp.float32)
+    sizes = jnp.asarray([s.size for s in leaves], jnp.float32)
+    return IntervalMetrics(
+        step=opt_state.step,
+        train_loss=train_loss,
+        val_loss=val["loss"],
+        val_accuracy=val["accuracy"],
+        val_loss_after_cut=after_cut["loss"],
+        sparsity=jnp.sum(dead) / jnp.sum(sizes),
+        layer_sparsity=dead / sizes,
+        cut=opt_state.last_cut,
+        grown=opt_state.last_grown,
+        changes=life.changes,
+        reversals=life.reversals,
+    )
+
+
+def interval(setup: Setup, state: RunState, _=None) -> tuple[RunState, IntervalMetrics]:
+    """One surgery interval: the surgery step, then ``every - 1`` plain steps (a scan)."""
+    carry = (state.params, state.opt_state, state.key)
+    extra = None
+    if setup.wants_stats:  # what the learned controller observes before its surgery
+        extra = {
+            "activations": activations(setup, state),
+            "val_accuracy": evaluate(setup, state, "val")["accuracy"],
+        }
+    carry, first = host_step(setup, carry, True, extra)
+    after_cut = evaluate(setup, RunState(carry[0], carry[1], carry[2], state.interval), "val")
+    carry, rest = jax.lax.scan(
+        lambda c, _: host_step(setup, c, False), carry, None, setup.every - 1
+    )
+    params, opt_state, key = carry
+    state = RunState(params, opt_state, key, state.interval + 1)
+    train_loss = (first + jnp.sum(rest)) / setup.every
+    return state, _metrics(state, train_loss, evaluate(setup, state, "val"), after_cut)
+
+
+def run(setup: Setup, state: RunState, num: int) -> tuple[RunState, IntervalMetrics]:
+    """``num`` surgery intervals (one ``lax.scan``)."""
+    return jax.lax.scan(functools.partial(interval, setup), state, None, num)
+
+
+def train(
+    setup: Setup, num_intervals: int, key: jax.Array
+) -> tuple[RunState, IntervalMetrics, dict[str, jax.Array]]:
+    """The whole run as one program: init, every interval, the test evaluation."""
+    state, metrics = run(setup, init(setup, key), num_intervals)
+    return state, metrics, evaluate(setup, state, "test")
+
+
+def describe(metrics: IntervalMetrics) -> str:
+    """A chunk's progress fields: the last interval's validation accuracy and sparsity."""
+    acc = float(np.mean(metrics.val_accuracy[:, -1]))
+    return f"val accuracy {acc:.3f} | sparsity {float(np.mean(metrics.sparsity[:, -1])):.3f}"
+
+
+def _setup(config: ml_collections.ConfigDict, controller: ctl.Controller) -> tuple[Setup, int]:
+    """The data, host and wrapped Adam of ``config`` (checked), and the number of intervals."""
+    data = hosts.load_mnist1d(
+        seed=config.data.seed, num_samples=config.data.num_samples, val_fraction=config.data.val
+    )
+    module = hosts.make_host(config.host.kind, tuple(config.host.width))
+    structure = structure_from_config(config.prune.structure)
+    shapes = jax.eval_shape(lambda k: module.init(k, data.train.x[:1]), jax.random.PRNGKey(0))
+    check_structure_fits(shapes["params"], structure)
+    every = int(config.prune.every)
+    num_intervals = int(config.train.steps) // every
+    tx = wrapped_adam(
+        controller,
+        lr=config.train.lr,
+        total_steps=num_intervals * every,
+        sparsity=config.prune.sparsity,
+        distribution=config.prune.distribution,
+        structure=structure,
+        every=every,
+        cooldown=config.prune.cooldown,
+        anesthesia_threshold=config.prune.anesthesia.threshold,
+        anesthesia_depth=config.prune.anesthesia.depth,
+        anesthesia_recovery=config.prune.anesthesia.recovery,
+        vitals_decay=config.prune.vitals_decay,
+    )
+    batch = int(config.train.batch_size)
+    return Setup(module, data, tx, batch, every, controller.needs_activations), num_intervals
 
 
 def make_train(
@@ -108,117 +259,25 @@ def make_train(
     Raises:
       ValueError: an invalid config, naming the field.
     """
-    if isinstance(controller, ctl.Controller):
-        validate(config, [])
-        controller_obj = controller
-    else:
-        name = controller or config.controller
-        validate(config, [name])
-        controller_obj = ctl.make(name, **dict(config.controllers.get(name, {})))
-    data = hosts.load_mnist1d(
-        seed=config.data.seed, num_samples=config.data.num_samples, val_fraction=config.data.val
+    if not isinstance(controller, ctl.Controller):
+        controller = controller or config.controller
+    validate(config, [] if isinstance(controller, ctl.Controller) else [controller])
+    kwargs = config.get("controllers", {})
+    setup, num_intervals = _setup(config, make_controller(controller, kwargs))
+    part = functools.partial
+    program = Program(
+        init=part(init, setup),
+        run=part(run, setup),
+        num_intervals=num_intervals,
+        metrics_type=IntervalMetrics,
+        loss_field="train_loss",
+        loss_name="training loss",
+        remedy="Lower train.lr or check the data.",
+        final=part(evaluate, setup, split="test"),
+        describe=describe,
     )
-    module = hosts.make_host(config.host.kind, tuple(config.host.width))
-    structure = structure_from_config(config.prune.structure)
-    shapes = jax.eval_shape(lambda k: module.init(k, data.train.x[:1]), jax.random.PRNGKey(0))
-    check_structure_fits(shapes["params"], structure)
-    steps = int(config.train.steps)
-    every = int(config.prune.every)
-    num_intervals = steps // every
-    total = num_intervals * every
-    tx = wrap_mod.wrap(
-        optax.adam(config.train.lr),
-        controller_obj,
-        total_steps=total,
-        sparsity=config.prune.sparsity,
-        distribution=config.prune.distribution,
-        structure=structure,
-        every=every,
-        cooldown=config.prune.cooldown,
-        anesthesia_threshold=config.prune.anesthesia.threshold,
-        anesthesia_depth=config.prune.anesthesia.depth,
-        anesthesia_recovery=config.prune.anesthesia.recovery,
-        vitals_decay=config.prune.vitals_decay,
-    )
-    batch = int(config.train.batch_size)
-    wants_stats = controller_obj.needs_activations
-
-    def apply(params, x):
-        return module.apply({"params": params}, x)
-
-    def activations(state: RunState) -> dict:
-        """ReDo statistics of every layer on the validation inputs (masked weights)."""
-        weights = wrap_mod.masked(state.params, state.opt_state)
-        return vit.activation_stats(
-            module, {"params": weights}, data.val.x, layer_types=(nn.Dense, hosts.Conv1D)
-        )
-
-    def init(key: jax.Array) -> RunState:
-        k_params, k_opt, k_data = jax.random.split(key, 3)
-        params = module.init(k_params, data.train.x[:1])["params"]
-        opt_state = tx.init(params)._replace(key=k_opt)
-        return RunState(params, opt_state, k_data, jnp.int32(0))
-
-    def host_step(carry, surgery: bool, extra: dict | None = None):
-        params, opt_state, key = carry
-        key, k_batch = jax.random.split(key)
-        x, y = hosts.sample_batch(k_batch, data.train, batch)
-
-        def loss_fn(p):
-            return hosts.cross_entropy(apply(wrap_mod.masked(p, opt_state), x), y)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(
-            grads, opt_state, params, surgery=surgery, value=loss, **(extra or {})
-        )
-        return (optax.apply_updates(params, updates), opt_state, key), loss
-
-    def evaluate(state: RunState, split: str = "val") -> dict[str, jax.Array]:
-        part = getattr(data, split)
-        weights = wrap_mod.masked(state.params, state.opt_state)
-        return hosts.evaluate(apply, weights, part)
-
-    def interval(state: RunState, _) -> tuple[RunState, IntervalMetrics]:
-        carry = (state.params, state.opt_state, state.key)
-        extra = None
-        if wants_stats:  # what the learned controller observes before its surgery
-            extra = {
-                "activations": activations(state),
-                "val_accuracy": evaluate(state, "val")["accuracy"],
-            }
-        carry, first = host_step(carry, True, extra)
-        after_cut = evaluate(RunState(carry[0], carry[1], carry[2], state.interval), "val")
-        carry, rest = jax.lax.scan(lambda c, _: host_step(c, False), carry, None, every - 1)
-        params, opt_state, key = carry
-        state = RunState(params, opt_state, key, state.interval + 1)
-        val = evaluate(state, "val")
-        life = opt_state.life
-        leaves = [s for s in jax.tree.leaves(life.state) if jnp.ndim(s) > 0]
-        dead = jnp.stack([jnp.sum(s != ALIVE) for s in leaves]).astype(jnp.float32)
-        sizes = jnp.asarray([s.size for s in leaves], jnp.float32)
-        metrics = IntervalMetrics(
-            step=opt_state.step,
-            train_loss=(first + jnp.sum(rest)) / every,
-            val_loss=val["loss"],
-            val_accuracy=val["accuracy"],
-            val_loss_after_cut=after_cut["loss"],
-            sparsity=jnp.sum(dead) / jnp.sum(sizes),
-            layer_sparsity=dead / sizes,
-            cut=opt_state.last_cut,
-            grown=opt_state.last_grown,
-            changes=life.changes,
-            reversals=life.reversals,
-        )
-        return state, metrics
-
-    def run(state: RunState, num: int) -> tuple[RunState, IntervalMetrics]:
-        return jax.lax.scan(interval, state, None, num)
-
-    def train(key: jax.Array) -> tuple[RunState, IntervalMetrics, dict[str, jax.Array]]:
-        state, metrics = run(init(key), num_intervals)
-        return state, metrics, evaluate(state, "test")
-
-    probe = jax.eval_shape(init, jax.random.PRNGKey(0))
+    probe = jax.eval_shape(program.init, jax.random.PRNGKey(0))
     names = _layer_names(probe.params, probe.opt_state.life.state)
-    return Trainer(config, num_intervals, every, names, init, run, evaluate, train,
-                   lambda state: interval(state, None), activations)  # fmt: skip
+    return Trainer(config, num_intervals, setup.every, names, program.init, program.run,
+                   part(evaluate, setup), part(train, setup, num_intervals),
+                   part(interval, setup), part(activations, setup), program)  # fmt: skip

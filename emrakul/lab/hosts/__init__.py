@@ -7,9 +7,14 @@
 
 Reinforcement-learning hosts on gymnax (imported on demand, so that the classifiers do not
 import gymnax): :mod:`emrakul.lab.hosts.dqn` (DQN with an in-state replay buffer,
-:mod:`emrakul.lab.hosts.replay`), :mod:`emrakul.lab.hosts.ppo_host` (PPO-clip) and their networks in
-:mod:`emrakul.lab.hosts.rl_nets` (MinAtar's CNN with a fast ``Conv2D``, width multiplier, global
-average pooling control).
+:mod:`emrakul.lab.hosts.replay`; settings in :mod:`~emrakul.lab.hosts.dqn_config`, its steps in
+:mod:`~emrakul.lab.hosts.dqn_steps`), :mod:`emrakul.lab.hosts.ppo_host` (PPO-clip; settings in
+:mod:`~emrakul.lab.hosts.ppo_config`), vectorised environment steps in
+:mod:`~emrakul.lab.hosts.envs`, and their networks in :mod:`emrakul.lab.hosts.rl_nets` (MinAtar's
+CNN with a fast ``Conv2D``, width multiplier, global average pooling control; the actor-critics).
+
+Every host returns a :class:`~emrakul.lab.program.Program` (``.program``), which
+:mod:`emrakul.lab.driver` runs in checkpointed, shardable chunks.
 """
 
 from emrakul.lab.hosts.classifier import (
