@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 4's evaluation: meta-train the Magistrate on a population of MLP shapes (three agent
+# The Magistrate's evaluation: meta-train the Magistrate on a population of MLP shapes (three agent
 # seeds), then evaluate each frozen policy on fresh host seeds (1000-1007) at 95% sparsity next
 # to dense, GMP and RigL: on a training shape (64,64), an unseen width (96,96), an unseen depth
-# (32,32,32,32) and the default host at the issue's scale ((256,256), 3000 steps).
+# (32,32,32,32) and the default host ((256,256), 3000 steps).
 #   bash experiments/magistrate_eval.sh OUTDIR [--drop_features=G]
 # Finished steps are skipped (results in OUTDIR/eval/*/summary.json). Compare with
 #   python -m experiments.compare --pool --base OUTDIR/eval/base_64-64:gmp \

@@ -2,7 +2,7 @@
 
 Trains a small MLP on MNIST-1D (generated in-process, nothing downloaded) with Adam while
 gradual magnitude pruning (GMP) cuts its hidden kernels to 90% sparsity, keeping the head
-dense, then prints the test accuracy and the sparsity. About 10 s on a 2-core CPU::
+dense, then prints the test accuracy and the sparsity::
 
     python -m experiments.own_loop
 """

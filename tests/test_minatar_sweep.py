@@ -1,4 +1,5 @@
-"""Tests of the resumable MinAtar sweep (``experiments.minatar_sweep``), with CartPole standing in
+"""Tests of the resumable MinAtar sweep (``emrakul.lab.sweeps.minatar`` and its app
+``experiments.minatar_sweep``), with CartPole standing in
 for the MinAtar games so that a whole sweep (two cells, one interrupted and resumed) runs in
 about 45 s of CPU time (each cell compiles once; the resumed cell reuses its compiled chunk)."""
 
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-from emrakul.lab.stats import iqm
-from experiments import minatar_sweep as ms
+from emrakul.lab.report import iqm
+from emrakul.lab.rl_cell import chunk_size
+from emrakul.lab.sweeps import minatar as ms
+from experiments import minatar_sweep as app_ms
 from experiments.configs import minatar
 
 INTERVALS = 8  # (1_800 - 200 warm-up) / (50 updates * 4 env steps)
@@ -133,9 +136,9 @@ def test_report_only_command_line(sweep, capsys):
     os.remove(os.path.join(workdir, "summary.md"))
     fv = flags.FlagValues()  # a private flag set: the test leaves absl's global flags alone
     argv = ["minatar_sweep", f"--workdir={workdir}", "--report_only", "--config.games=CartPole-v1"]
-    ms.define_flags(fv, argv)
+    app_ms.define_flags(fv, argv)
     fv(argv)
-    ms.main([], fv)
+    app_ms.main([], fv)
     assert fv.config.games == "CartPole-v1"
     assert "IQM" in capsys.readouterr().out
     assert os.path.exists(os.path.join(workdir, "summary.md"))
@@ -230,7 +233,7 @@ def test_plan_cells_and_chunks():
     assert any("dense_gap" in m for m in plan.skipped)
     minatar_plan = ms.make_plan(tiny_config(games="Breakout-MinAtar", arms="gmp_gap"))
     assert ms.cell_config(minatar_plan, minatar_plan.cells[0]).pooling == "gap"
-    assert ms.chunk_size(124, 10) == 10 and ms.chunk_size(49, 10) == 7 and ms.chunk_size(8, 20) == 8
+    assert chunk_size(124, 10) == 10 and chunk_size(49, 10) == 7 and chunk_size(8, 20) == 8
 
 
 def test_curve_stats_drop_intervals_without_episodes():

@@ -1,4 +1,9 @@
-"""Small statistics for result tables: mean and a Student-t 95% confidence interval."""
+"""The mean of a few seeds with its Student-t 95% confidence interval.
+
+Result tables over a handful of seeds report a mean and a t interval, which rliable (whose
+aggregates are bootstrapped over runs x tasks: :mod:`emrakul.lab.report`) does not compute; the
+quantiles are tabulated so that this needs no scipy.
+"""
 
 from __future__ import annotations
 
@@ -30,69 +35,3 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     if x.size == 1:
         return float(x[0]), math.nan
     return float(x.mean()), float(t975(x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-
-
-def iqm(scores: np.ndarray | Sequence[float]) -> float:
-    """Interquartile mean: the mean of the middle 50% of all scores pooled (runs x tasks).
-
-    As ``scipy.stats.trim_mean(x, 0.25)`` (the aggregate of Agarwal et al. 2021, "Deep
-    Reinforcement Learning at the Edge of the Statistical Precipice", NeurIPS): sort, drop
-    ``floor(0.25 n)`` scores at each end, average the rest.
-
-    Raises:
-      ValueError: no scores, or non-finite scores.
-    """
-    x = np.sort(np.asarray(scores, np.float64).reshape(-1))
-    if x.size == 0:
-        raise ValueError("iqm needs at least one score")
-    if not np.isfinite(x).all():
-        raise ValueError("iqm got non-finite scores")
-    cut = int(0.25 * x.size)
-    return float(x[cut : x.size - cut].mean())
-
-
-def stratified_bootstrap_ci(
-    scores: np.ndarray,
-    statistic=iqm,
-    *,
-    reps: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """A statistic of ``scores`` and its percentile stratified-bootstrap confidence interval.
-
-    ``scores`` is ``[runs, tasks]``; each bootstrap replicate resamples the runs with
-    replacement *within each task* (stratified by task, as rliable does: Agarwal et al. 2021),
-    then applies ``statistic`` to the ``[runs, tasks]`` replicate.
-
-    Args:
-      scores: float ``[runs, tasks]`` (one column per game / environment).
-      statistic: a function of a ``[runs, tasks]`` array (default: :func:`iqm`).
-      reps: number of bootstrap replicates.
-      confidence: the interval's coverage (percentile interval).
-      seed: the resampling seed.
-
-    Returns:
-      ``(point, low, high)``.
-
-    Raises:
-      ValueError: ``scores`` not 2-D with at least one run and task, non-finite values, or a
-        bad ``reps`` / ``confidence``.
-    """
-    x = np.asarray(scores, np.float64)
-    if x.ndim != 2 or 0 in x.shape:
-        raise ValueError(f"scores must be [runs, tasks] with runs, tasks >= 1; got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("scores must be finite")
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    runs, tasks = x.shape
-    idx = rng.integers(0, runs, size=(reps, runs, tasks))
-    reps_x = np.take_along_axis(x[None], idx, axis=1)
-    values = np.asarray([statistic(r) for r in reps_x])
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return float(statistic(x)), float(low), float(high)

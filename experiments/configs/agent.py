@@ -1,7 +1,7 @@
 """Host population for meta-training the Magistrate (small hosts, short runs).
 
-The same fields as ``default.py`` (documented there); smaller so that one PPO iteration (one
-whole training run of every host in the population) takes seconds on a 2-core CPU:
+The same fields as ``default.py`` (documented there); smaller, so that one PPO iteration (one
+whole training run of every host in the population) is cheap on a CPU:
 MLP 40-64-64-10, 1000 host steps, a surgery (one agent decision) every 50 steps, 95% target.
 
 ``population``: the hidden widths of the host groups ``experiments.train_agent`` meta-trains

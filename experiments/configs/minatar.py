@@ -1,4 +1,4 @@
-"""The MinAtar sweep (issue 5): DQN on gymnax MinAtar games, pruned while it learns.
+"""The MinAtar sweep: DQN on gymnax MinAtar games, pruned while it learns.
 
 ``python -m experiments.minatar_sweep --workdir DIR [--config.FIELD=VALUE ...]``. A *cell* is one
 game x arm x sparsity x width, with every seed vmapped in one compiled program. List-valued
@@ -38,8 +38,8 @@ Every field, with its meaning:
 
   * ``num_envs``: environments stepped in parallel per vectorised step.
   * ``total_env_steps``: environment steps per run, all environments and the warm-up
-    included (rounded down to whole surgery intervals). The paper runs 10M; 500k here fits
-    this 2-core machine.
+    included (rounded down to whole surgery intervals). Obando-Ceron et al. 2024 run 10M;
+    the default is 500k, a budget a small CPU machine can sweep.
   * ``buffer_size``: replay capacity (transitions).
   * ``batch_size``: transitions per gradient update.
   * ``learning_starts``: environment steps of uniformly random acting before learning.

@@ -1,4 +1,11 @@
-"""Writes what an experiment produced: metrics.jsonl, summary.json/.md and PNG plots."""
+"""The main job's classifier branch: what comparing controllers on one host produced.
+
+For each controller's :class:`~emrakul.lab.runner.Result` (seeds vmapped), written into the
+work directory: ``metrics.jsonl`` (one row per controller, seed and surgery interval),
+``summary.json`` and ``summary.md`` (final test accuracy, mean and 95% Student-t CI; final
+sparsity; flip-flops) and the plots ``accuracy_loss.png``, ``layer_sparsity.png`` and
+``mask_churn.png``. The RL branch is :mod:`emrakul.lab.sweeps.dqn_compare`.
+"""
 
 from __future__ import annotations
 
