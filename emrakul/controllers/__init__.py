@@ -16,6 +16,7 @@ from emrakul.controllers.basic import dense, gmp, one_shot, rigl, set_, snip
 from emrakul.controllers.dynamic import breathing, dsd, gsnr, harmonic
 from emrakul.controllers.gates import l0, variational_units
 from emrakul.controllers.magistrate import magistrate
+from emrakul.controllers.planned import planned
 from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "make",
     "names",
     "one_shot",
+    "planned",
     "register",
     "rigl",
     "set_",

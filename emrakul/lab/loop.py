@@ -217,7 +217,11 @@ def describe(metrics: IntervalMetrics) -> str:
 def _setup(config: ml_collections.ConfigDict, controller: ctl.Controller) -> tuple[Setup, int]:
     """The data, host and wrapped Adam of ``config`` (checked), and the number of intervals."""
     data = hosts.load_mnist1d(
-        seed=config.data.seed, num_samples=config.data.num_samples, val_fraction=config.data.val
+        seed=config.data.seed,
+        num_samples=config.data.num_samples,
+        val_fraction=config.data.val,
+        extra_val=int(config.data.get("extra_val", 0)),
+        extra_test=int(config.data.get("extra_test", 0)),
     )
     module = hosts.make_host(config.host.kind, tuple(config.host.width))
     structure = structure_from_config(config.prune.structure)

@@ -63,8 +63,27 @@ def _generate(seed: int, num_samples: int) -> dict[str, np.ndarray]:
         np.random.set_state(np_state)
 
 
+def _extra_seed(seed: int) -> int:
+    """The generator seed of the extra validation/test examples of dataset ``seed``."""
+    return (seed + 1_000_003) % 2**32
+
+
+def _extra(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` further i.i.d. examples (inputs, labels) from the generator at another seed."""
+    if count == 0:
+        return np.zeros((0, SIGNAL_LENGTH)), np.zeros((0,), np.int64)
+    total = -(-count // 4) * 5  # make_dataset keeps 80% + 20%; both parts are i.i.d. draws
+    total = -(-total // NUM_CLASSES) * NUM_CLASSES
+    data = _generate(_extra_seed(seed), max(total, 50))
+    x = np.concatenate([data["x"], data["x_test"]])[:count]
+    y = np.concatenate([data["y"], data["y_test"]])[:count]
+    return np.asarray(x, np.float64), np.asarray(y, np.int64)
+
+
 @functools.lru_cache(maxsize=16)
-def _load(seed: int, num_samples: int, val_fraction: float) -> Dataset:
+def _load(
+    seed: int, num_samples: int, val_fraction: float, extra_val: int = 0, extra_test: int = 0
+) -> Dataset:
     data = _generate(seed, num_samples)
     x_all = np.asarray(data["x"], np.float64)
     y_all = np.asarray(data["y"], np.int64)
@@ -79,6 +98,11 @@ def _load(seed: int, num_samples: int, val_fraction: float) -> Dataset:
     x_train, x_val = x_all[:num_train], x_all[num_train:]
     y_train, y_val = y_all[:num_train], y_all[num_train:]
     mean, std = x_train.mean(), x_train.std()
+    x_more, y_more = _extra(seed, extra_val + extra_test)
+    x_val = np.concatenate([x_val, x_more[:extra_val]])
+    y_val = np.concatenate([y_val, y_more[:extra_val]])
+    x_test = np.concatenate([np.asarray(data["x_test"], np.float64), x_more[extra_val:]])
+    y_test = np.concatenate([np.asarray(data["y_test"], np.int64), y_more[extra_val:]])
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         x = ((x - mean) / std).astype(np.float32)
@@ -87,11 +111,17 @@ def _load(seed: int, num_samples: int, val_fraction: float) -> Dataset:
     return Dataset(
         train=split(x_train, y_train),
         val=split(x_val, y_val),
-        test=split(data["x_test"], data["y_test"]),
+        test=split(x_test, y_test),
     )
 
 
-def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0.1) -> Dataset:
+def load_mnist1d(
+    seed: int = 0,
+    num_samples: int = 5000,
+    val_fraction: float = 0.1,
+    extra_val: int = 0,
+    extra_test: int = 0,
+) -> Dataset:
     """Generates MNIST-1D (Greydanus 2020) in-process and splits it into train/val/test.
 
     ``make_dataset`` keeps the first 80% of the (shuffled) examples for training and the last 20%
@@ -103,6 +133,11 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0
     translation equivariance is not broken). ``make_dataset`` already standardises the whole set,
     so this changes little, but no statistic of val/test leaks into the inputs.
 
+    ``extra_val`` and ``extra_test`` append further examples to the validation and test splits
+    without touching the training split: they are drawn by the same generator at a derived seed
+    (i.i.d. with the rest), so a run can be scored on a large validation or test set while it
+    trains on exactly the examples it would train on otherwise.
+
     Results are cached in-process on the arguments (generation takes about a second); the arrays
     are immutable JAX arrays, so sharing them is safe. The global Python/NumPy random states that
     ``make_dataset`` reseeds are restored.
@@ -111,6 +146,8 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0
       seed: seed of the generator; the same seed gives the same dataset.
       num_samples: total number of examples, a positive multiple of 10 (equal class counts).
       val_fraction: fraction of the training part held out for validation, in ``[0, 1)``.
+      extra_val: further examples appended to the validation split (``>= 0``).
+      extra_test: further examples appended to the test split (``>= 0``).
 
     Returns:
       A :class:`Dataset` of float32 ``[N, 40]`` inputs and int32 ``[N]`` labels.
@@ -130,7 +167,10 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0
         )
     if not isinstance(val_fraction, int | float) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    return _load(int(seed), int(num_samples), float(val_fraction))
+    for name, value in (("extra_val", extra_val), ("extra_test", extra_test)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return _load(int(seed), int(num_samples), float(val_fraction), int(extra_val), int(extra_test))
 
 
 def sample_batch(key: jax.Array, split: Split, batch_size: int) -> tuple[jax.Array, jax.Array]:
