@@ -73,7 +73,7 @@ def _window(step, total: int, space: PlanSpace, k: PlanKnobs):
 
 
 def layer_sparsity(obs: Observation, space: PlanSpace, k: PlanKnobs) -> tuple:
-    """float32 ``[L]`` sparsity at ``obs.step`` and the window flags ``(running, started, ended)``."""
+    """float32 ``[L]`` sparsity at ``obs.step``, and the flags ``(running, started, ended)``."""
     sizes = obs.layer_size
     target = jnp.asarray(obs.target, jnp.float32)
     base = allocation.base_keep(target, sizes)
@@ -89,8 +89,8 @@ def _mix_logs(obs: Observation, importance: PyTree) -> list[list[jax.Array]]:
     gsnr = vit.gsnr(obs.vitals)
     fisher = vit.fisher(obs.vitals)
     out = []
-    for s, w, i, g, f in zip(*(jax.tree.leaves(t) for t in
-                               (obs.state, obs.params, importance, gsnr, fisher)), strict=True):  # fmt: skip
+    trees = (obs.state, obs.params, importance, gsnr, fisher)
+    for s, w, i, g, f in zip(*(jax.tree.leaves(t) for t in trees), strict=True):
         if is_pruned(s):
             out.append([jnp.log(jnp.abs(w).astype(jnp.float32) + _TINY), jnp.log(i + _TINY),
                         jnp.log(g + _TINY), jnp.log(f + _TINY)])  # fmt: skip
@@ -107,8 +107,8 @@ def _scores(obs, space: PlanSpace, k: PlanKnobs, importance: PyTree, bias_tree: 
     logs = _mix_logs(obs, importance)
     pruned = [s for s in jax.tree.leaves(obs.state) if is_pruned(s)]
     noise = _gumbel_like(obs.key, pruned)
-    flat = zip(*(jax.tree.leaves(t) for t in (obs.state, obs.params, obs.grads, importance,
-                                               bias_tree)), strict=True)  # fmt: skip
+    trees = (obs.state, obs.params, obs.grads, importance, bias_tree)
+    flat = zip(*(jax.tree.leaves(t) for t in trees), strict=True)
     drop, grow, j = [], [], 0
     for s, w, g, i, b in flat:
         if not is_pruned(s):
@@ -132,8 +132,8 @@ def _scores(obs, space: PlanSpace, k: PlanKnobs, importance: PyTree, bias_tree: 
 def _update_importance(obs: Observation, k: PlanKnobs, importance: PyTree) -> PyTree:
     """``I <- d_l * I + (1 - d_l) * |theta * g|`` with each layer's decay ``d_l``."""
     out, j = [], 0
-    for s, i, w, g in zip(*(jax.tree.leaves(t) for t in
-                            (obs.state, importance, obs.params, obs.grads)), strict=True):  # fmt: skip
+    trees = (obs.state, importance, obs.params, obs.grads)
+    for s, i, w, g in zip(*(jax.tree.leaves(t) for t in trees), strict=True):
         if is_pruned(s):
             d = k.decay[j]
             out.append(d * i + (1.0 - d) * jnp.abs(w * g).astype(jnp.float32))

@@ -93,7 +93,7 @@ def _bounded(raw: jax.Array, neutral: float, low: float, high: float) -> jax.Arr
     ``neutral`` at ``raw = 0``, always in ``[low, high]``."""
     t = jnp.tanh(jnp.asarray(raw, jnp.float32))
     span = jnp.where(t > 0, high - neutral, neutral - low)
-    return jnp.float32(neutral) + jnp.float32(1.0) * span * t
+    return jnp.float32(neutral) + span * t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ class PlanSpace:
         if not 0 < low <= 3.0 <= high:
             raise ValueError(f"shape_range must contain 3 and be positive, got {self.shape_range}")
         spans = (self.alloc_span, self.mix_span, self.regrow_span, self.shift_span)
-        if min(spans + (self.max_temperature, self.bias_span)) < 0:
+        if min(*spans, self.max_temperature, self.bias_span) < 0:
             raise ValueError("spans must be >= 0")
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from emrakul.controllers.base import Controller, Observation
 from emrakul.controllers.plan_decision import PlanState, init_state, plan_decision, region_layout
@@ -55,11 +56,47 @@ def plan_controller(
     return Controller(name=name, init=init, decide=decide, drop_to=SEDATED, needs_vitals=True)
 
 
+def save_plan(path: str, plan: SurgeryPlan, space: PlanSpace) -> None:
+    """Writes a raw plan and the neutral heuristic and window of its space as ``.npz``."""
+    arrays = {f: np.asarray(getattr(plan, f), np.float32) for f in SurgeryPlan._fields}
+    np.savez(path, base=np.asarray(space.base), window=np.asarray([space.start, space.end]),
+             **arrays)  # fmt: skip
+
+
+def load_plan(path: str) -> tuple[SurgeryPlan, dict[str, Any]]:
+    """A plan written by :func:`save_plan` and its space's ``base``, ``start`` and ``end``.
+
+    Raises:
+      ValueError: no such file, or a file that is not a surgery plan (missing fields named).
+    """
+    try:
+        data = np.load(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"no surgery plan at {path!r}") from e
+    missing = [f for f in (*SurgeryPlan._fields, "base", "window") if f not in data]
+    if missing:
+        raise ValueError(f"{path} is not a surgery plan: it lacks {missing}")
+    plan = SurgeryPlan(*(jnp.asarray(data[f], jnp.float32) for f in SurgeryPlan._fields))
+    start, end = (float(x) for x in data["window"])
+    return plan, {"base": str(data["base"]), "start": start, "end": end}
+
+
 @register("planned")
-def planned(base: str = "breathing", start: float = 0.2, end: float = 0.8) -> Controller:
-    """The neutral plan of ``base`` (``"breathing"`` or ``"gmp"``) over ``start``-``end``;
-    it trains exactly as that heuristic does (a tuner writes other plans into the state)."""
+def planned(
+    base: str = "breathing", start: float = 0.2, end: float = 0.8, plan: str = ""
+) -> Controller:
+    """A fixed plan in the space of ``base`` (``"breathing"`` or ``"gmp"``) over
+    ``start``-``end``: the zero plan, which trains exactly as that heuristic does, or the plan
+    saved at ``plan`` (:func:`save_plan`; its own base and window then apply).
+
+    Raises:
+      ValueError: an unknown base, or a plan file that cannot be read.
+    """
+    fixed = None
+    if plan:
+        fixed, saved = load_plan(plan)
+        base, start, end = saved["base"], saved["start"], saved["end"]
     if base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {base!r}")
     make = PlanSpace.breathing if base == "breathing" else PlanSpace.gmp
-    return plan_controller(make(start=start, end=end))
+    return plan_controller(make(start=start, end=end), fixed)

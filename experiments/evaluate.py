@@ -1,0 +1,60 @@
+"""Paired evaluation: hosts x sparsities x arms on the same fresh seeds; best heuristic on val.
+
+    python -m experiments.evaluate --workdir /work/runs/headroom \
+        --hosts=meta,default --sparsities=0.9,0.95 \
+        --arms=gmp:uniform,gmp:erk,breathing:uniform,breathing:erk,rigl:uniform,rigl:erk \
+        --seeds=8 --seed_offset=1000
+
+An arm is ``[alias=]controller[:uniform|erk]``; an alias takes its keyword arguments from
+``--config.controllers.<alias>`` (e.g. ``--arms=learned=magistrate:erk
+--config.controllers.learned.policy=DIR``). Hosts are the presets of
+:data:`emrakul.lab.sweeps.paired.HOSTS`, with 2,400 validation and 5,000 test examples. Rows go
+to ``WORKDIR/results.jsonl`` (resumable: finished cells are skipped, an interrupted cell resumes
+from its checkpoint); ``WORKDIR/report.md`` has, per host and sparsity, the best heuristic chosen
+on validation accuracy and every arm's paired test difference to it (mean and 95% t interval).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from emrakul.lab import grid as grid_lib
+from emrakul.lab.report import write_atomic
+from emrakul.lab.sweeps import paired, paired_report
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"), "Base config."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_HOSTS = flags.DEFINE_list("hosts", ["meta", "default"], "Host presets.")
+_SPARSITIES = flags.DEFINE_list("sparsities", ["0.9", "0.95"], "Target sparsities.")
+_ARMS = flags.DEFINE_list(
+    "arms",
+    ["gmp:uniform", "gmp:erk", "breathing:uniform", "breathing:erk", "rigl:uniform", "rigl:erk"],
+    "Arms: [alias=]controller[:uniform|erk].",
+)
+_SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (one program).")
+_SEED_OFFSET = flags.DEFINE_integer("seed_offset", 1000, "First seed (fresh seeds: >= 1000).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite report.md.")
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    if not _REPORT_ONLY.value:
+        paired.run_paired(_CONFIG.value, workdir, _HOSTS.value,
+                          [float(s) for s in _SPARSITIES.value], _ARMS.value,
+                          seeds=_SEEDS.value, seed_offset=_SEED_OFFSET.value)  # fmt: skip
+    rows = grid_lib.read_rows(os.path.join(workdir, paired.RESULTS))
+    md = paired_report.markdown(rows)
+    write_atomic(os.path.join(workdir, "report.md"), md)
+    print(md)
+
+
+if __name__ == "__main__":
+    app.run(main)
