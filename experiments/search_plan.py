@@ -68,6 +68,7 @@ def main(argv) -> None:
              if k != "bias"}  # fmt: skip
     with open(os.path.join(_WORKDIR.value, "knobs.json"), "w") as f:
         json.dump(knobs, f, indent=1)
+    es_search.plot_log(search.log, os.path.join(_WORKDIR.value, "fitness.png"))
     print(json.dumps(knobs))
 
 

@@ -177,7 +177,7 @@ def spy_controller(env, **replace):
     can compare what a deployed controller saw with what the environment shows the agent.
     ``replace``: further controller fields (e.g. ``needs_activations=True``)."""
     from emrakul.agent import features
-    from emrakul.controllers.magistrate import action_controller
+    from emrakul.controllers.magistrate_v0 import action_controller
 
     base = action_controller(env.layout, env.r_max, env.l_max)
 

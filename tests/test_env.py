@@ -8,7 +8,7 @@ from controller_sim import spy_controller
 
 from emrakul.agent import features
 from emrakul.agent.networks import LYSE, AgentObs
-from emrakul.controllers.magistrate import neutral_action
+from emrakul.controllers.magistrate_v0 import neutral_action
 from emrakul.lab.loop import make_train
 from emrakul.lab.meta.env import SurgeryEnv
 from emrakul.surgery.lifecycle import LYSED
@@ -95,7 +95,7 @@ def test_vmap_over_a_population(env):
 
 def test_deployed_neutral_policy_is_gmp_through_the_wrapper():
     from emrakul.agent import networks as nw
-    from emrakul.controllers.magistrate import deployed
+    from emrakul.controllers.magistrate_v0 import deployed
 
     env = SurgeryEnv(tiny_config())
     obs, _ = env.reset(jax.random.PRNGKey(0))

@@ -151,7 +151,7 @@ def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
         "--config.rl.learning_starts=200", "--config.rl.prune_every=50",
         "--config.population=16,16", "--config.probe_size=32", "--hosts=2", "--iterations=2",
     ]  # fmt: skip
-    out = run("experiments.train_agent", *args)
+    out = run("experiments.train_agent_v0", *args)
     assert "1 groups x 2 hosts, 14 decisions per episode" in out.stdout
     metrics = os.path.join(work, "agent_metrics.jsonl")
     first = [json.loads(line) for line in read_lines(metrics)]
@@ -160,7 +160,7 @@ def test_train_agent_on_rl_hosts_resumes_bit_for_bit(tmp_path):
     assert sorted(os.listdir(os.path.join(work, "state"))) == ["1", "2"]
     assert os.path.isdir(os.path.join(work, "agent"))
     shutil.rmtree(os.path.join(work, "state", "2"))
-    again = run("experiments.train_agent", *args)
+    again = run("experiments.train_agent_v0", *args)
     assert "resuming after iteration 0" in again.stdout
     assert [json.loads(line) for line in read_lines(metrics)] == first
     # the trained policy scored in its training environment next to the neutral (GMP) policy; an

@@ -8,7 +8,7 @@ import pytest
 from controller_sim import spy_controller
 
 from emrakul import wrapper as wrap_mod
-from emrakul.controllers.magistrate import neutral_action
+from emrakul.controllers.magistrate_v0 import neutral_action
 from emrakul.lab.hosts import dqn
 from emrakul.lab.meta.env import population
 from emrakul.lab.meta.rl_env import DQNSurgeryEnv

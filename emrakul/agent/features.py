@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emrakul import vitals as vit
 from emrakul._tree import PyTree
@@ -185,6 +186,24 @@ def _global_features(host: HostSignals) -> jax.Array:
     return jnp.stack([values[name] for name in GLOBAL_NAMES]).astype(jnp.float32)
 
 
+LAYER_FEATURE_NAMES = ("log_size", "log_fan_in", "log_fan_out")
+"""The columns of ``AgentObs.layers`` (each centred over the host's layers)."""
+NUM_LAYER_FEATURES = len(LAYER_FEATURE_NAMES)
+
+
+def layer_features(layout: rg.RegionLayout, l_max: int) -> jax.Array:
+    """Static ``[l_max, 3]`` layer features: log weights, log fan-in (weights per output unit)
+    and log fan-out (output units) of each pruned layer, centred over the host's layers (so a
+    policy reads relative sizes, which transfer between hosts); zero rows for padding."""
+
+    size = np.asarray([np.prod(layout.leaf_shapes[i]) for i in layout.observed], np.float64)
+    units = np.asarray(layout.counts, np.float64)
+    table = np.log(np.stack([size, size / units, units], axis=1))
+    table = table - table.mean(axis=0, keepdims=True)
+    table = np.pad(table, ((0, l_max - table.shape[0]), (0, 0)))
+    return jnp.asarray(table, jnp.float32)
+
+
 def observe(
     obs: Observation,
     layout: rg.RegionLayout,
@@ -227,4 +246,5 @@ def observe(
         region_layer=jnp.pad(jnp.asarray(layout.layer_index, jnp.int32), (0, pad)),
         layer_valid=jnp.arange(l_max) < layout.num_layers,
         globals=_global_features(host),
+        layers=layer_features(layout, l_max),
     )

@@ -33,6 +33,9 @@ class AgentObs(NamedTuple):
       layer_valid: ``bool [L_max]``, which layers are real (the layer graph is the chain of
         valid layers in index order; normally a prefix).
       globals: ``float32 [G]``, global features (progress, sparsity, loss slope, ...).
+      layers: ``float32 [L_max, FL]``, static per-layer features (log size, fan-in, fan-out,
+        each centred over the host's layers; zero rows for padding), or ``None`` (observations
+        made by hand for networks that do not read them).
     """
 
     regions: jax.Array
@@ -40,6 +43,7 @@ class AgentObs(NamedTuple):
     region_layer: jax.Array
     layer_valid: jax.Array
     globals: jax.Array
+    layers: jax.Array | None = None
 
 
 class AgentAction(NamedTuple):

@@ -16,6 +16,7 @@ from emrakul.controllers.basic import dense, gmp, one_shot, rigl, set_, snip
 from emrakul.controllers.dynamic import breathing, dsd, gsnr, harmonic
 from emrakul.controllers.gates import l0, variational_units
 from emrakul.controllers.magistrate import magistrate
+from emrakul.controllers.magistrate_v0 import magistrate_v0
 from emrakul.controllers.planned import planned
 from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
 
@@ -33,6 +34,7 @@ __all__ = [
     "harmonic",
     "l0",
     "magistrate",
+    "magistrate_v0",
     "make",
     "names",
     "one_shot",

@@ -1,243 +1,137 @@
-"""The learned controller's decision rule: an agent action as corrections to GMP.
+"""The learned controller: the Magistrate decides a surgery plan from what it observes.
 
-Following DESIGN.md ("start from the best heuristic; fix the endpoint, learn the path"), an
-:class:`~emrakul.agent.networks.AgentAction` is read as corrections to gradual magnitude pruning
-(Zhu & Gupta 2017), so that the neutral action *is* GMP:
+At every surgery the Magistrate observes the host (:func:`emrakul.agent.features.observe`:
+per-unit vital signs, layer sizes, training health), its plan network
+(:class:`~emrakul.agent.plan_network.PlanNetwork`) outputs a raw
+:class:`~emrakul.controllers.plan_space.SurgeryPlan`, and
+:func:`~emrakul.controllers.plan_decision.plan_decision` turns it into masks, exactly as for a
+fixed plan. The network's parameters live in the controller state, so meta-training can vmap
+over many policies in one compiled program (:mod:`emrakul.lab.meta.es`); a deployed policy is
+the same controller with the trained parameters in its initial state.
 
-* ``budget`` [L] in (0, 1): layer ``l``'s sparsity is the cubic schedule's ``s_gmp`` plus
-  ``(2 b_l - 1) * span * target_l * (1 - p)`` (``p`` the schedule's progress), clipped to
-  [0, 0.999]. At ``b = 0.5`` it is GMP; from ``end`` on (``p = 1``) it is exactly the target.
-* ``regrow`` in (0, 1): churn ``regrow_span * max(0, 2 r - 1) * (1 - p)`` swaps that fraction of
-  alive weights for the best sedated ones (waking by own magnitude); 0 at the neutral 0.5.
-* ``temperature`` > 0: Gumbel noise of scale ``max(0, log T)`` on the log-magnitude scores
-  (exploration); none at the neutral 1.
-* ``region`` [R] in {keep, sedate, wake, lyse}: sedate/lyse regions are cut first, wake regions
-  regrow first, lyse marks weights for lysis (permanent; they never return); keep regions follow
-  the magnitude ranking. The per-layer counts still come from the budgets.
-
-Weights leave ALIVE to SEDATED (they keep learning and may wake), unless lysed by the agent. With
-the neutral action the forward network follows GMP exactly.
-
-``action_controller`` takes the action from its state (the environment writes it before each
-surgery); a frozen policy deployed in any training loop (:func:`deployed`) computes the action
-from its observation instead, through the same :func:`decide_from_action`.
+A policy file (:func:`save_policy`) carries the parameters and a *signature* of everything
+they depend on (observed features, plan fields, network sizes, the plan space); a file made
+for another layout is refused with the difference named. ``magistrate()`` with no ``policy``
+loads the policy shipped in the package (``emrakul/agent/policies/``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import os
+from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
+from flax import serialization
 
-from emrakul.agent.networks import LYSE, SEDATE, WAKE, AgentAction
-from emrakul.controllers import schedules
-from emrakul.controllers.base import Controller, Decision, Observation, make_decision
+from emrakul.agent import features
+from emrakul.agent.plan_network import GLOBAL_OUTPUTS, LAYER_OUTPUTS, PlanNetwork
+from emrakul.controllers.base import Controller, Observation
+from emrakul.controllers.plan_decision import PlanState, init_state, plan_decision, region_layout
+from emrakul.controllers.plan_space import PlanSpace, SurgeryPlan
 from emrakul.controllers.registry import register
 from emrakul.surgery.lifecycle import SEDATED
-from emrakul.vitals import regions as rg
 
-_PRIORITY = 1e6  # score offset of agent decisions (log-magnitudes are within +-60)
-
-
-class ActionState(NamedTuple):
-    """The controller state: the action to apply at the next surgery."""
-
-    action: AgentAction
+FORMAT = "emrakul-magistrate-plan/1"
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "policies",
+                       "magistrate.msgpack")  # fmt: skip
 
 
-def neutral_action(num_layers: int, r_max: int) -> AgentAction:
-    """The action that reproduces GMP: budget 0.5, temperature 1, regrow 0.5, keep everywhere."""
-    return AgentAction(
-        budget=jnp.full((num_layers,), 0.5, jnp.float32),
-        temperature=jnp.float32(1.0),
-        regrow=jnp.float32(0.5),
-        region=jnp.zeros((r_max,), jnp.int32),
-    )
+class PolicyState(NamedTuple):
+    """The network parameters and the plan's saliency EMAs."""
+
+    params: Any
+    inner: PlanState
 
 
-def decide_from_action(
-    obs: Observation,
-    action: AgentAction,
-    layout: rg.RegionLayout,
-    *,
-    start: float,
-    end: float,
-    budget_span: float,
-    regrow_span: float,
-) -> Decision:
-    """The surgery decision of ``action`` (module docstring)."""
-    num = len(obs.layer_size)
-    target = jnp.asarray(obs.target, jnp.float32)
-    p = schedules.progress(obs.step, obs.total_steps, start, end)
-    s_gmp = schedules.cubic(obs.step, obs.total_steps, target, start, end)
-    budget = action.budget[:num]
-    sparsity = jnp.clip(s_gmp + (2 * budget - 1) * budget_span * target * (1 - p), 0.0, 0.999)
-    churn = regrow_span * jnp.maximum(0.0, 2 * action.regrow - 1) * (1 - p)
-    noise_scale = jnp.maximum(jnp.log(action.temperature), 0.0)
-    code = action.region[: layout.num_regions]
-    per_weight = rg.broadcast(code, layout, fill=0)
-    leaves = jax.tree.leaves(obs.params)
-    keys = jax.random.split(obs.key, len(leaves))
-    noise = jax.tree.unflatten(
-        jax.tree.structure(obs.params),
-        [jax.random.gumbel(k, jnp.shape(w)) for k, w in zip(keys, leaves, strict=True)],
-    )
-
-    def drop(w, c, n):
-        base = jnp.log(jnp.abs(w) + 1e-12) + noise_scale * n
-        return base - _PRIORITY * ((c == SEDATE) | (c == LYSE))
-
-    def grow(w, c):
-        return jnp.log(jnp.abs(w) + 1e-12) + _PRIORITY * (c == WAKE)
-
-    return make_decision(
-        num,
-        sparsity,
-        churn,
-        jax.tree.map(drop, obs.params, per_weight, noise),
-        jax.tree.map(grow, obs.params, per_weight),
-        True,
-    )._replace(lyse=jax.tree.map(lambda c: c == LYSE, per_weight))
+def plan_of(network: PlanNetwork, params: Any, obs: Observation) -> SurgeryPlan:
+    """The raw plan the network decides for one observation (the host's own regions)."""
+    layout = region_layout(obs)
+    agent_obs = features.observe(obs, layout, layout.num_regions, layout.num_layers)
+    return network.apply(params, agent_obs).plan
 
 
-def _controller(
-    name, init, choose, start, end, budget_span, regrow_span, needs_activations=False
+def policy_controller(
+    space: PlanSpace, params: Any, network: PlanNetwork | None = None, name: str = "magistrate"
 ) -> Controller:
-    """A controller applying ``choose(obs, state) -> (action, layout)`` via
-    :func:`decide_from_action`; both learned-controller variants share it."""
+    """The Magistrate with ``params`` (written into its initial state) in ``space``."""
+    network = network or PlanNetwork()
 
-    def decide(obs: Observation, state):
-        action, layout = choose(obs, state)
-        decision = decide_from_action(
-            obs,
-            action,
-            layout,
-            start=start,
-            end=end,
-            budget_span=budget_span,
-            regrow_span=regrow_span,
-        )
-        return decision, state
+    def init(p: Any, observation: Observation, key=None) -> PolicyState:
+        del p, key
+        return PolicyState(params, init_state(observation))
 
-    return Controller(
-        name=name,
-        init=init,
-        decide=decide,
-        drop_to=SEDATED,
-        regrow_lysed=False,
-        needs_vitals=True,
-        needs_activations=needs_activations,
-    )
+    def decide(obs: Observation, state: PolicyState):
+        plan = plan_of(network, state.params, obs)
+        decision, inner = plan_decision(obs, plan, state.inner, space)
+        return decision, state._replace(inner=inner)
+
+    return Controller(name=name, init=init, decide=decide, drop_to=SEDATED, needs_vitals=True,
+                      needs_activations=True)  # fmt: skip
 
 
-def action_controller(
-    layout: rg.RegionLayout,
-    r_max: int,
-    l_max: int | None = None,
-    *,
-    start: float = 0.2,
-    end: float = 0.8,
-    budget_span: float = 0.5,
-    regrow_span: float = 0.2,
-) -> Controller:
-    """A controller that applies the action held in its state (written by the environment).
+def signature(network: PlanNetwork, space: PlanSpace) -> dict[str, Any]:
+    """Everything a policy's parameters depend on: observation and plan layout, sizes, space."""
+    return {
+        "region_features": list(features.FEATURE_NAMES),
+        "global_features": list(features.GLOBAL_NAMES),
+        "layer_features": list(features.LAYER_FEATURE_NAMES),
+        "plan_fields": list(SurgeryPlan._fields),
+        "layer_outputs": list(LAYER_OUTPUTS),
+        "global_outputs": list(GLOBAL_OUTPUTS),
+        "network": {
+            "embed_dim": network.embed_dim,
+            "hidden_dim": network.hidden_dim,
+            "message_rounds": network.message_rounds,
+        },
+        "space": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(space).items()
+        },
+    }
 
-    Args:
-      layout: the host's ``Units`` region layout over its pruned kernels.
-      r_max: the padded region count of the actions.
-      l_max: the padded layer count of the actions (default: the host's own).
-      start, end: the GMP schedule the action corrects (fractions of training).
-      budget_span: how far (as a fraction of the target) a budget can move a layer early on.
-      regrow_span: the largest churn (at ``regrow -> 1``, early in training).
+
+def save_policy(path: str, params: Any, network: PlanNetwork, space: PlanSpace, **info) -> None:
+    """Writes ``params`` with their signature (and free-form ``info``) as msgpack."""
+    payload = {"format": FORMAT, "signature": signature(network, space), "info": info,
+               "params": serialization.to_state_dict(params)}  # fmt: skip
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize(payload))
+
+
+def load_policy(path: str) -> tuple[Any, PlanNetwork, PlanSpace, dict[str, Any]]:
+    """``(params, network, space, info)`` of a policy file.
+
+    Raises:
+      ValueError: no file, not a Magistrate plan policy, or a policy made for another
+        observation or action layout (the differing entries named).
     """
-
-    def init(params, observation: Observation, key=None) -> ActionState:
-        del params, key
-        return ActionState(neutral_action(l_max or len(observation.layer_size), r_max))
-
-    def choose(obs: Observation, state: ActionState):
-        return state.action, layout
-
-    return _controller("magistrate_action", init, choose, start, end, budget_span, regrow_span)
-
-
-def deployed(
-    policy_params,
-    *,
-    start: float = 0.2,
-    end: float = 0.8,
-    budget_span: float = 0.5,
-    regrow_span: float = 0.2,
-    agent_kwargs: dict | None = None,
-    drop_features: tuple[str, ...] = (),
-) -> Controller:
-    """A trained Magistrate, frozen, as a controller usable through ``emrakul.wrap`` anywhere.
-
-    At every surgery it observes the host (:func:`emrakul.agent.features.observe`, on the host's
-    own ``Units`` regions: the networks ignore padding, so no padding is needed here), runs the
-    actor only (decentralised execution: no critic), takes the policy's deterministic action
-    (:func:`emrakul.agent.networks.mode`) and applies it with :func:`decide_from_action`.
-
-    Args:
-      policy_params: the agent's Flax variables (e.g. from :func:`load_policy`).
-      start, end, budget_span, regrow_span: as in :func:`action_controller` (use the values the
-        policy was trained with).
-      agent_kwargs: the :class:`~emrakul.agent.networks.Agent` hyperparameters it was trained
-        with (defaults otherwise).
-      drop_features: observation groups the policy was trained without (ablations).
-    """
-    from emrakul.agent import features
-    from emrakul.agent import networks as nw
-    from emrakul.masks.structures import Units
-
-    agent = nw.Agent(**(agent_kwargs or {}))
-
-    def init(params, observation: Observation, key=None) -> tuple:
-        del params, observation, key
-        return ()
-
-    def choose(obs: Observation, state: tuple):
-        layout = rg.layout(obs.params, Units(-1))
-        agent_obs = features.observe(
-            obs, layout, layout.num_regions, layout.num_layers, tuple(drop_features)
-        )
-        policy = agent.apply(policy_params, agent_obs, method=nw.Agent.actor)
-        return nw.mode(policy, agent_obs), layout
-
-    return _controller(
-        "magistrate", init, choose, start, end, budget_span, regrow_span, needs_activations=True
-    )
-
-
-def load_policy(path: str):
-    """The agent variables saved by ``experiments.train_agent`` (``WORKDIR/agent``)."""
-    import os
-
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    if not os.path.isfile(path):
         raise ValueError(
-            f"no trained Magistrate at '{path}'; train one with "
-            "`python -m experiments.train_agent --workdir DIR` and pass DIR/agent"
+            f"no Magistrate policy at {path!r} (train one with experiments.train_agent)"
         )
-    return ocp.StandardCheckpointer().restore(path)
+    with open(path, "rb") as f:
+        payload = serialization.msgpack_restore(f.read())
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a Magistrate plan policy (format {FORMAT})")
+    sig = payload["signature"]
+    network = PlanNetwork(**sig["network"])
+    space_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sig["space"].items()}
+    space = PlanSpace(**space_kwargs)
+    want = signature(network, space)
+    diff = sorted(k for k in want if want[k] != sig.get(k))
+    if diff:
+        raise ValueError(
+            f"{path} was made for another observation or action layout: {diff} differ "
+            "(retrain it with this version's experiments.train_agent)"
+        )
+    return payload["params"], network, space, dict(payload.get("info", {}))
 
 
 @register("magistrate")
-def magistrate(policy: str = "", drop_features: str = "", **kwargs) -> Controller:
-    """The learned controller from a saved policy (``policy``: ``experiments.train_agent``'s
-    ``WORKDIR/agent``); ``drop_features``: comma-separated observation groups the policy was
-    trained without; other keyword arguments as in :func:`deployed`.
+def magistrate(policy: str = "") -> Controller:
+    """The learned controller from a policy file (default: the policy shipped in the package).
 
     Raises:
-      ValueError: no policy path, or nothing saved there.
+      ValueError: no such file, or a file made for another layout.
     """
-    if not policy:
-        raise ValueError(
-            "the magistrate controller needs a trained policy: set "
-            "controllers.magistrate.policy to experiments.train_agent's WORKDIR/agent"
-        )
-    drop = tuple(d.strip() for d in drop_features.split(",") if d.strip())
-    return deployed(load_policy(policy), drop_features=drop, **kwargs)
+    params, network, space, _ = load_policy(policy or SHIPPED)
+    return policy_controller(space, params, network)

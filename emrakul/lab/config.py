@@ -82,7 +82,7 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
     _need(len(tuple(config.host.width)) >= 1, "host.width", "needs at least one hidden width")
     _need(int(config.data.num_samples) >= 100, "data.num_samples", "must be >= 100")
     _need(0.0 < float(config.data.val) < 0.5, "data.val", "must lie in (0, 0.5)")
-    for field in ("extra_val", "extra_test"):
+    for field in ("extra_val", "extra_test", "monitor"):
         _need(int(config.data.get(field, 0)) >= 0, f"data.{field}", "must be >= 0")
 
 

@@ -91,7 +91,12 @@ class Trainer(NamedTuple):
 
 
 class Setup(NamedTuple):
-    """The static parts of one classifier program (closed over, never traced)."""
+    """The static parts of one classifier program (closed over, never traced).
+
+    ``monitor`` is the part of the validation split that the per-interval metrics and the
+    controller's observations use (``data.monitor`` examples; the whole split by default);
+    :func:`evaluate` on ``"val"`` scores the whole split.
+    """
 
     module: nn.Module
     data: hosts.Dataset
@@ -99,6 +104,7 @@ class Setup(NamedTuple):
     batch: int
     every: int
     wants_stats: bool
+    monitor: hosts.Split | None = None
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
@@ -119,8 +125,12 @@ def activations(setup: Setup, state: RunState) -> dict:
     """ReDo statistics of every layer on the validation inputs (masked weights)."""
     weights = wrap_mod.masked(state.params, state.opt_state)
     return vit.activation_stats(
-        setup.module, {"params": weights}, setup.data.val.x, layer_types=(nn.Dense, hosts.Conv1D)
+        setup.module, {"params": weights}, _monitor(setup).x, layer_types=(nn.Dense, hosts.Conv1D)
     )
+
+
+def _monitor(setup: Setup) -> hosts.Split:
+    return setup.data.val if setup.monitor is None else setup.monitor
 
 
 def init(setup: Setup, key: jax.Array) -> RunState:
@@ -148,10 +158,19 @@ def host_step(setup: Setup, carry, surgery: bool, extra: dict | None = None):
 
 
 def evaluate(setup: Setup, state: RunState, split: str = "val") -> dict[str, jax.Array]:
-    """Loss and accuracy of the masked weights on a whole split."""
-    part = getattr(setup.data, split)
+    """Loss and accuracy of the masked weights on a whole split (``"train"``, ``"val"``,
+    ``"test"``, or ``"monitor"``: the validation examples the per-interval metrics use)."""
+    part = _monitor(setup) if split == "monitor" else getattr(setup.data, split)
     weights = wrap_mod.masked(state.params, state.opt_state)
     return hosts.evaluate(lambda p, x: _apply(setup, p, x), weights, part)
+
+
+def final_scores(setup: Setup, state: RunState) -> dict[str, jax.Array]:
+    """The end-of-run evaluation: test ``loss`` and ``accuracy``, and the whole validation
+    split's as ``val_loss`` and ``val_accuracy``."""
+    val = evaluate(setup, state, "val")
+    return {**evaluate(setup, state, "test"), "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"]}  # fmt: skip
 
 
 def _metrics(state: RunState, train_loss, val, after_cut) -> IntervalMetrics:
@@ -182,17 +201,17 @@ def interval(setup: Setup, state: RunState, _=None) -> tuple[RunState, IntervalM
     if setup.wants_stats:  # what the learned controller observes before its surgery
         extra = {
             "activations": activations(setup, state),
-            "val_accuracy": evaluate(setup, state, "val")["accuracy"],
+            "val_accuracy": evaluate(setup, state, "monitor")["accuracy"],
         }
     carry, first = host_step(setup, carry, True, extra)
-    after_cut = evaluate(setup, RunState(carry[0], carry[1], carry[2], state.interval), "val")
+    after_cut = evaluate(setup, RunState(carry[0], carry[1], carry[2], state.interval), "monitor")
     carry, rest = jax.lax.scan(
         lambda c, _: host_step(setup, c, False), carry, None, setup.every - 1
     )
     params, opt_state, key = carry
     state = RunState(params, opt_state, key, state.interval + 1)
     train_loss = (first + jnp.sum(rest)) / setup.every
-    return state, _metrics(state, train_loss, evaluate(setup, state, "val"), after_cut)
+    return state, _metrics(state, train_loss, evaluate(setup, state, "monitor"), after_cut)
 
 
 def run(setup: Setup, state: RunState, num: int) -> tuple[RunState, IntervalMetrics]:
@@ -244,7 +263,12 @@ def _setup(config: ml_collections.ConfigDict, controller: ctl.Controller) -> tup
         vitals_decay=config.prune.vitals_decay,
     )
     batch = int(config.train.batch_size)
-    return Setup(module, data, tx, batch, every, controller.needs_activations), num_intervals
+    n_monitor = int(config.data.get("monitor", 0))
+    monitor = None
+    if 0 < n_monitor < data.val.y.shape[0]:
+        monitor = hosts.Split(data.val.x[:n_monitor], data.val.y[:n_monitor])
+    setup = Setup(module, data, tx, batch, every, controller.needs_activations, monitor)
+    return setup, num_intervals
 
 
 def make_train(
@@ -277,7 +301,7 @@ def make_train(
         loss_field="train_loss",
         loss_name="training loss",
         remedy="Lower train.lr or check the data.",
-        final=part(evaluate, setup, split="test"),
+        final=part(final_scores, setup),
         describe=describe,
     )
     probe = jax.eval_shape(program.init, jax.random.PRNGKey(0))

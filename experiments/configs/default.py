@@ -15,7 +15,9 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``data.seed``, ``data.num_samples``, ``data.val``: MNIST-1D generation seed, number of
   examples (80% train+val, 20% test, as made by the ``mnist1d`` package), validation fraction
   of the training part; ``data.extra_val`` / ``data.extra_test``: further examples appended to
-  the validation / test split (same generator, a derived seed; the training split is unchanged).
+  the validation / test split (same generator, a derived seed; the training split is unchanged);
+  ``data.monitor``: validation examples the per-interval metrics and the controllers' observations
+  use (the first ones; 0: all), the final evaluation always scores the whole split.
 * ``train.steps``: host training steps (rounded down to whole surgery intervals).
 * ``train.batch_size``, ``train.lr``: minibatch size and Adam learning rate.
 * ``prune.sparsity``: final target sparsity of the pruned leaves (kernels), in [0, 1).
@@ -50,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": "", "drop_features": ""}})
     c.host = ml_collections.ConfigDict({"kind": "mlp", "width": (256, 256)})
     c.data = ml_collections.ConfigDict(
-        {"seed": 0, "num_samples": 5000, "val": 0.1, "extra_val": 0, "extra_test": 0}
+        {"seed": 0, "num_samples": 5000, "val": 0.1, "extra_val": 0, "extra_test": 0, "monitor": 0}
     )
     c.train = ml_collections.ConfigDict({"steps": 3000, "batch_size": 128, "lr": 1e-3})
     c.prune = ml_collections.ConfigDict(

@@ -119,8 +119,12 @@ def run_search(
     cfg: SearchConfig,
     workdir: str,
     report: Callable[[dict[str, Any]], None] | None = print,
+    on_mean: Callable[[int, es.Genome], None] | None = None,
 ) -> Search:
     """Runs (or resumes) the search from the mean ``template`` (e.g. the neutral genome).
+
+    ``report(row)`` gets each generation's log row, ``on_mean(generation, mean)`` the mean genome
+    after it (to save it).
 
     Raises:
       ValueError: a bad search config.
@@ -140,7 +144,7 @@ def run_search(
         k_ask, k_tell = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), gen))
         genomes, state = ask(k_ask, state, params)
         scores = scores_of(genomes, host_keys(cfg, gen))
-        fit = es.fitness(scores)
+        fit = jax.block_until_ready(es.fitness(scores))
         state, _ = tell(k_tell, genomes, -fit, state, params)  # evosax minimises
         row = _log_row(gen, fit, scores, time.time() - t0)
         with open(log_path, "a") as f:
@@ -148,11 +152,33 @@ def run_search(
         _save(workdir, state, gen + 1)
         if report is not None:
             report(row)
+        if on_mean is not None:
+            on_mean(gen, strategy.get_mean(state))
     log = []
     if os.path.exists(log_path):
         with open(log_path) as f:
             log = [json.loads(line) for line in f if line.strip()]
     return Search(strategy.get_mean(state), log)
+
+
+def plot_log(log: Sequence[dict[str, Any]], path: str) -> None:
+    """The fitness (mean, min, max over the population) per generation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = [r["generation"] for r in log]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(gens, [r["fitness_mean"] for r in log], label="population mean")
+    ax.fill_between(gens, [r["fitness_min"] for r in log], [r["fitness_max"] for r in log],
+                    alpha=0.3, label="min-max")  # fmt: skip
+    ax.set_xlabel("generation")
+    ax.set_ylabel("validation accuracy (fitness)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def mean_scores(groups: Sequence[es.HostGroup], genome: es.Genome, keys: jax.Array):

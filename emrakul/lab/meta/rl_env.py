@@ -47,7 +47,7 @@ from emrakul import wrapper as wrap_mod
 from emrakul._tree import default_filter
 from emrakul.agent import features
 from emrakul.agent.spaces import AgentAction, AgentObs
-from emrakul.controllers.magistrate import ActionState, action_controller
+from emrakul.controllers.magistrate_v0 import ActionState, action_controller
 from emrakul.lab.hosts import dqn as dqn_mod
 from emrakul.lab.meta import reward as rw
 from emrakul.masks.structures import Units

@@ -118,7 +118,7 @@ def _controller(plan: Plan, cell: Cell, cache: dict[str, Any]) -> str | ctl.Cont
     loaded once per sweep)."""
     if cell.controller != "magistrate":
         return cell.controller
-    from emrakul.controllers.magistrate import deployed, load_policy
+    from emrakul.controllers.magistrate_v0 import deployed, load_policy
 
     cfg = cell_config(plan, cell)
     path = plan.policy_of(cell)

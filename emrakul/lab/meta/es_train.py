@@ -1,0 +1,80 @@
+"""Meta-training the Magistrate by evolution strategies on its network's parameters.
+
+The genome is the :class:`~emrakul.agent.plan_network.PlanNetwork`'s parameters; every host of
+every group runs the Magistrate (:func:`emrakul.controllers.magistrate.policy_controller`) with
+the genome in its controller state, so a generation (``population`` policies x groups x
+``seeds`` hosts) is one compiled program (:mod:`emrakul.lab.meta.es`). The search starts from
+zero heads (the neutral heuristic, exactly) and is scored by the hosts' validation accuracy at
+the end of training: the terminal objective at the exact final sparsity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from emrakul import wrapper as wrap_mod
+from emrakul.agent import features
+from emrakul.agent.plan_network import PlanNetwork
+from emrakul.controllers.magistrate import policy_controller
+from emrakul.controllers.plan_decision import region_layout
+from emrakul.controllers.plan_space import PlanSpace
+from emrakul.controllers.planned import plan_controller
+from emrakul.lab.loop import RunState, make_train
+from emrakul.lab.meta.es import HostGroup
+
+#: The default meta-training population: MLP hidden widths (one group each).
+POPULATION = ((64, 64), (32, 32, 32), (128,), (48, 48))
+
+
+def parse_population(spec: str) -> tuple[tuple[int, ...], ...]:
+    """``"64,64;32,32,32"`` -> ``((64, 64), (32, 32, 32))`` (empty: :data:`POPULATION`).
+
+    Raises:
+      ValueError: a group without widths or with a non-positive width.
+    """
+    if not spec.strip():
+        return POPULATION
+    groups = []
+    for g in spec.split(";"):
+        widths = tuple(int(w) for w in g.split(",") if w.strip())
+        if not widths or min(widths) < 1:
+            raise ValueError(f"population group {g!r} needs positive hidden widths")
+        groups.append(widths)
+    return tuple(groups)
+
+
+def template_params(config: ml_collections.ConfigDict, network: PlanNetwork, seed: int = 0):
+    """Fresh network parameters (zero heads), from a probe observation of ``config``'s host."""
+    trainer = make_train(config, plan_controller(PlanSpace()))
+    state = trainer.init(jax.random.PRNGKey(0))
+    obs = wrap_mod.state_observation(state.params, state.opt_state, total_steps=1)
+    layout = region_layout(obs)
+    agent_obs = features.observe(obs, layout, layout.num_regions, layout.num_layers)
+    return network.init(jax.random.PRNGKey(seed), agent_obs)
+
+
+def write_params(state: RunState, params: Any) -> RunState:
+    """``state`` with ``params`` in its Magistrate's controller state."""
+    ctrl = state.opt_state.controller._replace(params=params)
+    return state._replace(opt_state=state.opt_state._replace(controller=ctrl))
+
+
+def policy_groups(
+    config: ml_collections.ConfigDict,
+    shapes: Sequence[tuple[int, ...]],
+    space: PlanSpace,
+    network: PlanNetwork,
+    params: Any,
+) -> list[HostGroup]:
+    """One host group per hidden-width tuple, every host run by the Magistrate."""
+    groups = []
+    for widths in shapes:
+        c = config.copy_and_resolve_references()
+        c.host.width = tuple(widths)
+        trainer = make_train(c, policy_controller(space, params, network))
+        groups.append(HostGroup(trainer, write_params, ",".join(map(str, widths))))
+    return groups
