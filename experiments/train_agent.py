@@ -1,9 +1,9 @@
 """Meta-trains the Magistrate (the learned controller) on a population of MNIST-1D hosts.
 
-    python -m experiments.train_agent --workdir /work/runs/agent_es
+    python -m experiments.train_agent --workdir /work/runs/agent_es [--trainer=ppo]
 
-Evolution strategies (evosax's OpenAI-ES, antithetic pairs, centred ranks) on the plan
-network's parameters (:mod:`emrakul.lab.meta.es_train`): every generation trains
+``--trainer=es`` (default): evolution strategies (evosax's OpenAI-ES, antithetic pairs, centred
+ranks) on the plan network's parameters (:mod:`emrakul.lab.meta.es_train`): every generation trains
 ``--population`` policies x the host groups of ``--groups`` (hidden widths, ``;``-separated) x
 ``--seeds`` host seeds shared by all policies (common random numbers), all in one compiled
 program, and scores each policy by the hosts' mean validation accuracy (2,400 examples) at the
@@ -11,6 +11,11 @@ end of training. The search starts at the neutral heuristic (``--base`` with the
 distribution) and resumes from ``WORKDIR/es_state``. Writes ``es_log.jsonl``,
 ``fitness.png`` and ``policy.msgpack`` (every ``--save_every`` generations and at the end),
 which ``--config.controllers.magistrate.policy=WORKDIR/policy.msgpack`` deploys.
+
+``--trainer=ppo``: PPO with group-relative advantages (:mod:`emrakul.lab.meta.ppo_plans`) on the
+same compute per iteration (``--ppo_seeds`` x ``--group_size`` host runs per group; with the
+defaults 8 x 4 = the ES's 16 x 2), plans sampled around the network's output and held for
+``--phases`` phases; resumes from ``WORKDIR/ppo_state``, logs ``ppo_log.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ml_collections import config_flags
 from emrakul.agent.plan_network import PlanNetwork
 from emrakul.controllers.magistrate import save_policy
 from emrakul.controllers.plan_space import PlanSpace
-from emrakul.lab.meta import es_search, es_train
+from emrakul.lab.meta import es_search, es_train, ppo_plans, ppo_train
 from emrakul.lab.sweeps import paired
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,10 +36,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _GROUPS = flags.DEFINE_string("groups", "", "Host groups: hidden widths, ';'-separated.")
+_TRAINER = flags.DEFINE_enum("trainer", "es", ["es", "ppo"], "Meta-trainer.")
+_DIST = flags.DEFINE_enum("distribution", "erk", ["uniform", "erk"], "Base allocation.")
 _BASE = flags.DEFINE_enum("base", "breathing", ["breathing", "gmp"], "Neutral heuristic.")
 _POP = flags.DEFINE_integer("population", 16, "Policies per generation (even).")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Host seeds per policy, group and generation.")
-_GENS = flags.DEFINE_integer("generations", 150, "Generations.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "ES: host seeds per policy, group and generation.")
+_PPO_SEEDS = flags.DEFINE_integer("ppo_seeds", 8, "PPO: host seeds per group and iteration.")
+_GROUP = flags.DEFINE_integer("group_size", 4, "PPO: plan samples per host seed.")
+_PHASES = flags.DEFINE_integer("phases", 4, "PPO: phases per host run (noise held per phase).")
+_GENS = flags.DEFINE_integer("generations", 150, "Generations (ES) or iterations (PPO).")
 _SIGMA = flags.DEFINE_float("sigma", 0.05, "Perturbation scale of the parameters.")
 _LR = flags.DEFINE_float("lr", 0.02, "Adam learning rate on the mean parameters.")
 _SEED = flags.DEFINE_integer("seed", 0, "Search seed.")
@@ -49,34 +59,45 @@ def main(argv) -> None:
     config = _CONFIG.value.copy_and_resolve_references()
     config.data.extra_val, config.data.extra_test = paired.EXTRA_VAL, paired.EXTRA_TEST
     config.data.monitor = paired.MONITOR
-    config.prune.distribution = config.prune.get("distribution", "erk")
+    config.prune.distribution = _DIST.value
     space = PlanSpace.breathing() if _BASE.value == "breathing" else PlanSpace.gmp()
     network = PlanNetwork()
     shapes = es_train.parse_population(_GROUPS.value)
     params = es_train.template_params(config, network, _SEED.value)
-    groups = es_train.policy_groups(config, shapes, space, network, params)
-    cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value, _LR.value,
-                                 _SEED.value)  # fmt: skip
-    print(f"ES: {cfg.population} policies x {len(groups)} groups {[g.name for g in groups]} x "
-          f"{cfg.seeds} seeds, {config.prune.sparsity:g} {config.prune.distribution}, "
-          f"neutral {space.base}", flush=True)  # fmt: skip
-    info = {"trainer": "es", "groups": [g.name for g in groups], **cfg._asdict(),
-            "sparsity": float(config.prune.sparsity),
-            "distribution": config.prune.distribution}  # fmt: skip
     path = os.path.join(workdir, "policy.msgpack")
+    info = {"trainer": _TRAINER.value, "groups": [",".join(map(str, s)) for s in shapes],
+            "sparsity": float(config.prune.sparsity), "distribution": config.prune.distribution,
+            "seed": _SEED.value}  # fmt: skip
 
     def report(row):
-        print(f"gen {row['generation']:3d} fitness mean {row['fitness_mean']:.4f} max "
-              f"{row['fitness_max']:.4f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
+        fit = row.get("fitness_mean", row.get("val_accuracy"))
+        print(f"{row.get('generation', row.get('iteration')):3d} fitness {fit:.4f} "
+              f"({row['seconds']:.0f} s)", flush=True)  # fmt: skip
 
     def checkpoint(generation, mean):
         if (generation + 1) % _SAVE_EVERY.value == 0:
             save_policy(path, mean, network, space, generation=generation + 1, **info)
 
-    search = es_search.run_search(groups, params, cfg, workdir, report, on_mean=checkpoint)
-    save_policy(path, search.mean, network, space, generation=cfg.generations, **info)
-    es_search.plot_log(search.log, os.path.join(workdir, "fitness.png"))
-    print(f"wrote {path}, es_log.jsonl, fitness.png")
+    if _TRAINER.value == "es":
+        groups = es_train.policy_groups(config, shapes, space, network, params)
+        cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value,
+                                     _LR.value, _SEED.value)  # fmt: skip
+        search = es_search.run_search(groups, params, cfg, workdir, report, on_mean=checkpoint)
+        final, log = search.mean, search.log
+    else:
+        groups = ppo_train.plan_groups(config, shapes, space)
+        cfg = ppo_plans.PlanPPOConfig(seeds=_PPO_SEEDS.value, group_size=_GROUP.value,
+                                      phases=_PHASES.value)  # fmt: skip
+        final, log = ppo_train.run_ppo(groups, network, params, cfg, _GENS.value, workdir,
+                                       _SEED.value, report, on_params=checkpoint)  # fmt: skip
+        keys = ("fitness_mean", "fitness_min", "fitness_max")
+        log = [{"generation": r["iteration"], **dict.fromkeys(keys, r["val_accuracy"])}
+               for r in log]  # fmt: skip
+    print(f"{_TRAINER.value}: groups {[g.name for g in groups]}, {config.prune.sparsity:g} "
+          f"{config.prune.distribution}, neutral {space.base}", flush=True)  # fmt: skip
+    save_policy(path, final, network, space, generation=_GENS.value, **info)
+    es_search.plot_log(log, os.path.join(workdir, "fitness.png"))
+    print(f"wrote {path}, the log and fitness.png")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,9 @@ def test_magistrate_needs_a_policy():
     from emrakul import controllers
 
     with pytest.raises(ValueError, match="needs a trained policy"):
-        controllers.make("magistrate")
+        controllers.make("magistrate_v0")
     with pytest.raises(ValueError, match="no trained Magistrate"):
-        controllers.make("magistrate", policy="/nonexistent/agent")
+        controllers.make("magistrate_v0", policy="/nonexistent/agent")
 
 
 def test_deployed_policy_sees_the_environments_observation(env):

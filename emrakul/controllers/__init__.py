@@ -15,9 +15,14 @@ from emrakul.controllers.base import Controller, Decision, Observation
 from emrakul.controllers.basic import dense, gmp, one_shot, rigl, set_, snip
 from emrakul.controllers.dynamic import breathing, dsd, gsnr, harmonic
 from emrakul.controllers.gates import l0, variational_units
+
+# The import order is the registration order, i.e. the order of NAMES.
+# isort: off
+from emrakul.controllers.planned import planned
 from emrakul.controllers.magistrate import magistrate
 from emrakul.controllers.magistrate_v0 import magistrate_v0
-from emrakul.controllers.planned import planned
+
+# isort: on
 from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
 
 __all__ = [

@@ -8,8 +8,9 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``seeds``: number of seeds per controller (vmapped in one compiled program).
 * ``seed_offset``: the first seed (use fresh seeds to evaluate a policy trained on others).
 * ``controllers``: per-controller keyword arguments, e.g. ``controllers.rigl.alpha``;
-  ``controllers.magistrate.policy`` is the trained agent (``experiments.train_agent``'s
-  ``WORKDIR/agent``) that the ``magistrate`` controller deploys.
+  ``controllers.magistrate.policy`` is the policy file (``experiments.train_agent``'s
+  ``WORKDIR/policy.msgpack``) that the ``magistrate`` controller deploys (empty: the policy
+  shipped in the package).
 * ``host.kind``: ``mlp`` or ``cnn`` (a 1-D CNN on the 40-long signal).
 * ``host.width``: a tuple of hidden widths (MLP) or channel counts (CNN), e.g. ``"(512, 512)"``.
 * ``data.seed``, ``data.num_samples``, ``data.val``: MNIST-1D generation seed, number of
@@ -49,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.compare = "dense,gmp,rigl"
     c.seeds = 4
     c.seed_offset = 0
-    c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": "", "drop_features": ""}})
+    c.controllers = ml_collections.ConfigDict({"magistrate": {"policy": ""}})
     c.host = ml_collections.ConfigDict({"kind": "mlp", "width": (256, 256)})
     c.data = ml_collections.ConfigDict(
         {"seed": 0, "num_samples": 5000, "val": 0.1, "extra_val": 0, "extra_test": 0, "monitor": 0}
