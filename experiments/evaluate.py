@@ -6,8 +6,8 @@
         --seeds=8 --seed_offset=1000
 
 An arm is ``[alias=]controller[:uniform|erk]``; an alias takes its keyword arguments from
-``--config.controllers.<alias>`` (e.g. ``--arms=learned=magistrate:erk
---config.controllers.learned.policy=DIR``). Hosts are the presets of
+``--set=ALIAS.KEY=VALUE,...`` (e.g. ``--arms=learned=magistrate:erk
+--set=learned.policy=DIR/policy.msgpack``). Hosts are the presets of
 :data:`emrakul.lab.sweeps.paired.HOSTS`, with 2,400 validation and 5,000 test examples. Rows go
 to ``WORKDIR/results.jsonl`` (resumable: finished cells are skipped, an interrupted cell resumes
 from its checkpoint); ``WORKDIR/report.md`` has, per host and sparsity, the best heuristic chosen
@@ -39,6 +39,26 @@ _ARMS = flags.DEFINE_list(
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (one program).")
 _SEED_OFFSET = flags.DEFINE_integer("seed_offset", 1000, "First seed (fresh seeds: >= 1000).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite report.md.")
+_SET = flags.DEFINE_list("set", [], "Arm keyword arguments: ALIAS.KEY=VALUE entries.")
+
+
+def with_arm_kwargs(config, entries):
+    """``config`` with ``controllers.ALIAS.KEY = VALUE`` for every ``ALIAS.KEY=VALUE`` entry.
+
+    Raises:
+      app.UsageError: an entry not of that form.
+    """
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    for entry in entries:
+        target, sep, value = entry.partition("=")
+        alias, dot, key = target.partition(".")
+        if not (sep and dot and alias and key):
+            raise app.UsageError(f"--set entry {entry!r} is not ALIAS.KEY=VALUE")
+        kwargs = dict(config.controllers.get(alias, {}))
+        kwargs[key] = value
+        config.controllers[alias] = kwargs
+    return config
 
 
 def main(argv) -> None:
@@ -47,7 +67,8 @@ def main(argv) -> None:
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     if not _REPORT_ONLY.value:
-        paired.run_paired(_CONFIG.value, workdir, _HOSTS.value,
+        config = with_arm_kwargs(_CONFIG.value, _SET.value)
+        paired.run_paired(config, workdir, _HOSTS.value,
                           [float(s) for s in _SPARSITIES.value], _ARMS.value,
                           seeds=_SEEDS.value, seed_offset=_SEED_OFFSET.value)  # fmt: skip
     rows = grid_lib.read_rows(os.path.join(workdir, paired.RESULTS))

@@ -126,6 +126,10 @@ NUM_GLOBALS = len(GLOBAL_NAMES)
 
 
 def _zscore(x: jax.Array, valid: jax.Array) -> jax.Array:
+    """Per-column z-scores over the valid rows (0 on padding). Columns are shifted by their first
+    row first, so a constant column is exactly 0 whatever the padding (the ``1e-6`` variance
+    floor would otherwise amplify rounding in its mean a thousandfold)."""
+    x = x - x[:1]
     w = valid[:, None].astype(x.dtype)
     n = jnp.maximum(w.sum(0), 1.0)
     mean = (x * w).sum(0) / n
