@@ -36,8 +36,9 @@ def test_host_config_and_cell_config():
 
 
 def rows(arm, vals, tests, host="meta", sp=0.95):
+    pairs = enumerate(zip(vals, tests, strict=True))
     return [{"host": host, "sparsity": sp, "arm": arm, "seed": 1000 + i, "val_accuracy": v,
-             "test_accuracy": t} for i, (v, t) in enumerate(zip(vals, tests, strict=True))]  # fmt: skip
+             "test_accuracy": t} for i, (v, t) in pairs]  # fmt: skip
 
 
 def test_best_heuristic_is_chosen_on_validation_and_differences_are_paired():
