@@ -40,6 +40,7 @@ _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (one program).")
 _SEED_OFFSET = flags.DEFINE_integer("seed_offset", 1000, "First seed (fresh seeds: >= 1000).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite report.md.")
 _SET = flags.DEFINE_list("set", [], "Arm keyword arguments: ALIAS.KEY=VALUE entries.")
+_TRACE = flags.DEFINE_list("trace", [], "Arms (magistrate / planned) whose plans to plot.")
 
 
 def with_arm_kwargs(config, entries):
@@ -61,6 +62,22 @@ def with_arm_kwargs(config, entries):
     return config
 
 
+def plot_plans(config, workdir: str, host: str, sparsity: float, labels) -> None:
+    """``plans_HOST_SP_LABEL.png``: what each traced arm decided on seed 1000 of ``host``."""
+    from emrakul.lab.build import make_controller
+    from emrakul.lab.sweeps import plan_trace
+
+    for arm in (paired.parse_arm(a) for a in labels):
+        cell = paired.Cell(host, sparsity, arm)
+        cfg = paired.cell_config(config, cell)
+        kwargs = dict(cfg.controllers.get(arm.controller, {}))
+        controller = make_controller(arm.controller, {arm.controller: kwargs})
+        t = plan_trace.trace(cfg, controller, plan_trace.space_of(arm.controller, kwargs))
+        name = f"plans_{cell.name}.png"
+        plan_trace.plot(t, os.path.join(workdir, name), f"{arm.label} on {host} at {sparsity:g}")
+        print(f"wrote {name}")
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -71,6 +88,11 @@ def main(argv) -> None:
         paired.run_paired(config, workdir, _HOSTS.value,
                           [float(s) for s in _SPARSITIES.value], _ARMS.value,
                           seeds=_SEEDS.value, seed_offset=_SEED_OFFSET.value)  # fmt: skip
+    if _TRACE.value:
+        config = with_arm_kwargs(_CONFIG.value, _SET.value)
+        for host in _HOSTS.value:
+            for sp in _SPARSITIES.value:
+                plot_plans(config, workdir, host, float(sp), _TRACE.value)
     rows = grid_lib.read_rows(os.path.join(workdir, paired.RESULTS))
     md = paired_report.markdown(rows)
     write_atomic(os.path.join(workdir, "report.md"), md)

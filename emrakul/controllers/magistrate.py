@@ -27,7 +27,7 @@ from emrakul.agent import features
 from emrakul.agent.plan_network import GLOBAL_OUTPUTS, LAYER_OUTPUTS, PlanNetwork
 from emrakul.controllers.base import Controller, Observation
 from emrakul.controllers.plan_decision import PlanState, init_state, plan_decision, region_layout
-from emrakul.controllers.plan_space import PlanSpace, SurgeryPlan
+from emrakul.controllers.plan_space import PlanSpace, SurgeryPlan, zero_plan
 from emrakul.controllers.registry import register
 from emrakul.surgery.lifecycle import SEDATED
 
@@ -37,10 +37,11 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "pol
 
 
 class PolicyState(NamedTuple):
-    """The network parameters and the plan's saliency EMAs."""
+    """The network parameters, the plan's saliency EMAs and the last raw plan (for tracing)."""
 
     params: Any
     inner: PlanState
+    plan: SurgeryPlan
 
 
 def plan_of(network: PlanNetwork, params: Any, obs: Observation) -> SurgeryPlan:
@@ -58,12 +59,13 @@ def policy_controller(
 
     def init(p: Any, observation: Observation, key=None) -> PolicyState:
         del p, key
-        return PolicyState(params, init_state(observation))
+        zero = zero_plan(len(observation.layer_size), region_layout(observation).num_regions)
+        return PolicyState(params, init_state(observation), zero)
 
     def decide(obs: Observation, state: PolicyState):
         plan = plan_of(network, state.params, obs)
         decision, inner = plan_decision(obs, plan, state.inner, space)
-        return decision, state._replace(inner=inner)
+        return decision, state._replace(inner=inner, plan=plan)
 
     return Controller(name=name, init=init, decide=decide, drop_to=SEDATED, needs_vitals=True,
                       needs_activations=True)  # fmt: skip
