@@ -18,12 +18,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.controllers.plan_space import PlanSpace
-from emrakul.controllers.planned import save_plan
+from emrakul.controllers.planned import load_plan, save_plan
 from emrakul.lab.meta import es_search, open_loop
 from emrakul.lab.sweeps import paired
 
@@ -41,6 +42,7 @@ _GENS = flags.DEFINE_integer("generations", 60, "Generations.")
 _SIGMA = flags.DEFINE_float("sigma", 0.3, "Perturbation scale (raw plan units).")
 _LR = flags.DEFINE_float("lr", 0.05, "Adam learning rate on the mean plan.")
 _SEED = flags.DEFINE_integer("seed", 0, "Search seed.")
+_INIT = flags.DEFINE_string("init", "", "Start from this plan.npz (same layer count) instead of 0.")
 
 
 def main(argv) -> None:
@@ -50,12 +52,17 @@ def main(argv) -> None:
     config.prune.sparsity = _SPARSITY.value
     config.prune.distribution = _DIST.value
     space = PlanSpace.breathing() if _BASE.value == "breathing" else PlanSpace.gmp()
+    if _INIT.value and load_plan(_INIT.value)[1]["base"] != _BASE.value:
+        raise app.UsageError(f"--init {_INIT.value} was searched with another --base")
     group = open_loop.plan_group(config, space, _HOST.value)
     probe = jax.eval_shape(group.trainer.init, jax.random.PRNGKey(0))
     plan_shape = probe.opt_state.controller.plan
     cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value, _LR.value,
                                  _SEED.value)  # fmt: skip
     template = open_loop.zero_genome(plan_shape.alloc.shape[0])
+    if _INIT.value:  # a warm start, e.g. the ceiling of a host with as many layers
+        start = load_plan(_INIT.value)[0]
+        template = {f: jnp.asarray(getattr(start, f)) for f in open_loop.FIELDS}
 
     def report(row):
         print(f"gen {row['generation']:3d} fitness mean {row['fitness_mean']:.4f} max "

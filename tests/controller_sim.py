@@ -169,28 +169,3 @@ def expected(sparsity, sizes=SIZES):
     return np.array(
         [np.round(np.float32(s) * np.float32(n)) / n for s, n in zip(sparsity, sizes, strict=True)]
     )
-
-
-def spy_controller(env, **replace):
-    """The action controller of ``env``'s layout, whose state records the agent observation
-    (:func:`emrakul.agent.features.observe`) of the last observation it was shown, so a test
-    can compare what a deployed controller saw with what the environment shows the agent.
-    ``replace``: further controller fields (e.g. ``needs_activations=True``)."""
-    from emrakul.agent import features
-    from emrakul.controllers.magistrate_v0 import action_controller
-
-    base = action_controller(env.layout, env.r_max, env.l_max)
-
-    def seen(observation):
-        return features.observe(
-            observation, env.layout, env.r_max, env.l_max, getattr(env, "drop_features", ())
-        )
-
-    def init(params, observation, key=None):
-        return seen(observation)
-
-    def decide(observation, state):
-        decision, _ = base.decide(observation, base.init(None, observation))
-        return decision, seen(observation)
-
-    return base._replace(init=init, decide=decide, **replace)

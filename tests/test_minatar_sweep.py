@@ -54,6 +54,24 @@ def sweep(tmp_path_factory):
     return workdir, first, after_first, second
 
 
+def neutral_policy(path: str) -> str:
+    """Writes an exactly neutral Magistrate policy file (zero heads) as experiments.train_agent
+    writes one; the plan network's parameters do not depend on the host, so a classifier's probe
+    observation makes parameters that a DQN host can use."""
+    from emrakul.agent.plan_network import PlanNetwork
+    from emrakul.controllers.magistrate import save_policy
+    from emrakul.controllers.plan_space import PlanSpace
+    from emrakul.lab.meta import es_train
+    from experiments.configs.default import get_config
+
+    classifier = get_config()
+    classifier.host.width = (16, 16)
+    classifier.data.num_samples = 600
+    params = es_train.template_params(classifier, PlanNetwork())
+    save_policy(path, params, PlanNetwork(), PlanSpace.breathing())
+    return path
+
+
 def _read(path):
     with open(path) as f:
         return f.read()
@@ -144,11 +162,22 @@ def test_report_only_command_line(sweep, capsys):
     assert os.path.exists(os.path.join(workdir, "summary.md"))
 
 
-def test_missing_magistrate_policy_skips_the_arm(sweep, capsys):
-    workdir, *_ = sweep
-    statuses = ms.run_sweep(tiny_config(arms="dense,magistrate"), workdir, progress=False)
-    assert [(s.cell.arm, s.status) for s in statuses] == [("dense", "skipped")]
-    assert "--config.magistrate.policy" in capsys.readouterr().out
+def test_empty_magistrate_policy_is_the_shipped_one(tmp_path, monkeypatch):
+    """An empty magistrate.policy deploys the policy shipped in the package; without one the
+    plan is refused before anything runs, naming --config.magistrate.policy."""
+    import importlib
+
+    mg = importlib.import_module("emrakul.controllers.magistrate")  # the module, not the factory
+    config = tiny_config(arms="dense,magistrate")
+    monkeypatch.setattr(mg, "SHIPPED", str(tmp_path / "none.msgpack"))
+    with pytest.raises(ValueError, match=r"config.magistrate.policy is empty"):
+        ms.make_plan(config)
+    monkeypatch.setattr(mg, "SHIPPED", neutral_policy(str(tmp_path / "shipped.msgpack")))
+    plan = ms.make_plan(config)
+    assert [(c.arm, c.controller) for c in plan.cells] == [
+        ("dense", "dense"), ("magistrate", "magistrate"),
+    ]  # fmt: skip
+    assert not plan.skipped and plan.policy_of(plan.cells[1]) == ""
 
 
 def test_changed_settings_are_refused(sweep):
@@ -253,32 +282,18 @@ def test_curve_stats_drop_intervals_without_episodes():
 def test_named_policies_add_magistrate_arms(tmp_path):
     """``magistrate.policies`` NAME=PATH adds the arm magistrate_NAME, which deploys that policy;
     a run of it lands in results.jsonl under its own arm, with the magistrate controller."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from emrakul.agent import networks as nw
-    from emrakul.lab.meta.rl_env import DQNSurgeryEnv
-
     config = tiny_config(arms="magistrate_rl")
     config.seeds = 1
-    with pytest.raises(ValueError, match="policies=rl=WORKDIR/agent"):
+    with pytest.raises(ValueError, match=r"policies=rl=WORKDIR/policy\.msgpack"):
         ms.make_plan(config)
     config.magistrate.policies = "rl"
     with pytest.raises(ValueError, match="not NAME=PATH"):
         ms.make_plan(config)
-    config.magistrate.policies = "rl=/no/such/agent"
-    with pytest.raises(ValueError, match="not a directory"):
+    config.magistrate.policies = f"rl={tmp_path}"  # a directory, e.g. an old agent checkpoint
+    with pytest.raises(ValueError, match=r"is not a file; pass experiments\.train_agent's WORKDIR"):
         ms.make_plan(config)
     # an exactly neutral policy (zero heads) saved as experiments.train_agent saves one
-    env = DQNSurgeryEnv(
-        ms.cell_config(ms.make_plan(tiny_config()), ms.Cell("CartPole-v1", "gmp", 0.9, 1))
-    )
-    obs, _ = env.reset(jax.random.PRNGKey(0))
-    params = nw.Agent(head_init_scale=0.0).init(jax.random.PRNGKey(1), obs)
-    path = str(tmp_path / "agent")
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(path, params)
-    ckpt.wait_until_finished()
+    path = neutral_policy(str(tmp_path / "policy.msgpack"))
     config.magistrate.policies = f"rl={path}"
     plan = ms.make_plan(config)
     (cell,) = plan.cells

@@ -29,7 +29,6 @@ BUILT_IN = (
     "variational",
     "planned",
     "magistrate",
-    "magistrate_v0",
 )
 
 
@@ -75,7 +74,7 @@ def test_built_ins_are_registered_in_order_and_names_stay_tuple_like():
     assert ctl.names() == BUILT_IN
     assert ctl.NAMES == BUILT_IN
     assert len(ctl.NAMES) == len(BUILT_IN) and ctl.NAMES[0] == "dense"
-    assert ctl.NAMES[-3:] == ("planned", "magistrate", "magistrate_v0")
+    assert ctl.NAMES[-2:] == ("planned", "magistrate")
     assert "gmp" in ctl.NAMES and "nope" not in ctl.NAMES
     assert repr(ctl.NAMES) == repr(BUILT_IN) and f"{ctl.NAMES}" == f"{BUILT_IN}"
     assert ctl.factory("gmp") is ctl.gmp and ctl.factory("set") is ctl.set_

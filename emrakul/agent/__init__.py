@@ -1,20 +1,23 @@
-"""The Magistrate as deployed: the learned pruning agent's networks and what it observes.
+"""The Magistrate as deployed: the learned pruning agent's network and what it observes.
 
-* :mod:`~emrakul.agent.spaces`: the observation and action spaces (``AgentObs``,
-  ``AgentAction``, ``PolicyParams``, the per-region decisions);
-* :mod:`~emrakul.agent.encoder`: the Phage encoder shared over regions, Magistrate pooling and
-  message passing;
-* :mod:`~emrakul.agent.heads`: the Surgeon General / Specialist heads and the centralised critic;
-* :mod:`~emrakul.agent.networks`: the actor-critic ``Agent`` (and every public name above);
-* :mod:`~emrakul.agent.distributions` and :mod:`~emrakul.agent.policy`: the action
-  distributions, sampling, the deployed mode, log-probabilities and entropies;
+The Magistrate decides *surgery plans* (:mod:`emrakul.controllers.plan_space`): per-layer
+allocations, score mixes and schedules for the whole run, refined as the host trains.
+
+* :mod:`~emrakul.agent.spaces`: the observation space (``AgentObs``, ``check_obs``);
 * :mod:`~emrakul.agent.features`: what the agent observes (vital signs, ReDo activation
-  scores, loss health), padded to a fixed region / layer count.
+  scores, loss health, static layer sizes), padded to a fixed region / layer count;
+* :mod:`~emrakul.agent.encoder`: the Phage encoder shared over regions and message passing
+  along the layer chain;
+* :mod:`~emrakul.agent.plan_network`: the plan network, an observation in, a raw surgery plan
+  (and a critic value) out.
 
-A trained policy is deployed as ``emrakul.controllers.magistrate(policy=PATH)``. Training it
-(environments, reward, PPO) is the lab's job: :mod:`emrakul.lab.meta`.
+``policies/`` is a data folder (the policy shipped with the package), not a module.
+
+A trained policy is deployed as ``emrakul.controllers.magistrate(policy=PATH)``. Training it is
+the lab's job: :mod:`emrakul.lab.meta` (``es_train`` for evolution strategies, ``ppo_plans`` /
+``ppo_train`` for PPO).
 """
 
-from emrakul.agent import distributions, encoder, features, heads, networks, policy, spaces
+from emrakul.agent import encoder, features, plan_network, spaces
 
-__all__ = ["distributions", "encoder", "features", "heads", "networks", "policy", "spaces"]
+__all__ = ["encoder", "features", "plan_network", "spaces"]

@@ -225,7 +225,7 @@ def observe(
       drop: names from ``SIGNALS`` whose region features are zeroed (ablations).
 
     Returns:
-      An :class:`~emrakul.agent.networks.AgentObs`.
+      An :class:`~emrakul.agent.spaces.AgentObs`.
 
     Raises:
       ValueError: if the host has more regions or layers than the padding, ``drop`` names an

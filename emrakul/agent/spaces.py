@@ -1,12 +1,10 @@
-"""The agent's observation and action spaces: what it sees of a host and what it decides.
+"""The agent's observation space: what the Magistrate sees of a host.
 
 One host is observed as an :class:`AgentObs` (per-region features padded to ``R_max`` rows, the
-layer of each region, a mask over ``L_max`` layers, global features; see
-:mod:`emrakul.agent.features`) and acted on with an :class:`AgentAction`: the Surgeon General's
-per-layer budgets, Gumbel temperature and regrowth fraction, and one Specialist decision per
-region out of :data:`DECISIONS`. :class:`PolicyParams` parameterise the action distribution
-(:mod:`emrakul.agent.policy`). Everything is written for one unbatched host; batch with
-``jax.vmap``.
+layer of each region, a mask over ``L_max`` layers, global features and static per-layer
+features; see :mod:`emrakul.agent.features`). What it decides is a surgery plan
+(:mod:`emrakul.controllers.plan_space`), output by :mod:`emrakul.agent.plan_network`.
+Everything is written for one unbatched host; batch with ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -14,13 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-
-KEEP, SEDATE, WAKE, LYSE = 0, 1, 2, 3
-DECISIONS: tuple[str, ...] = ("keep", "sedate", "wake", "lyse")
-"""The Specialist's per-region decisions, in action-index order."""
-NUM_DECISIONS = len(DECISIONS)
-MASKED_LOGIT = -1e9
-"""The logit of a decision that is not allowed (a padded region may only ``KEEP``)."""
 
 
 class AgentObs(NamedTuple):
@@ -44,55 +35,6 @@ class AgentObs(NamedTuple):
     layer_valid: jax.Array
     globals: jax.Array
     layers: jax.Array | None = None
-
-
-class AgentAction(NamedTuple):
-    """One host's action (batched versions add leading axes).
-
-    Attributes:
-      budget: ``float32 [L_max]`` in ``(0, 1)``, the Surgeon General's per-layer budget
-        correction (0.5 = follow the GMP schedule; the env maps it); padded layers hold the
-        neutral value.
-      temperature: ``float32`` scalar ``> 0``, the Gumbel temperature.
-      regrow: ``float32`` scalar in ``(0, 1)``, the regrowth fraction.
-      region: ``int32 [R_max]`` in ``{KEEP, SEDATE, WAKE, LYSE}``; padded regions hold ``KEEP``.
-    """
-
-    budget: jax.Array
-    temperature: jax.Array
-    regrow: jax.Array
-    region: jax.Array
-
-
-class PolicyParams(NamedTuple):
-    """The parameters of the action distribution for one observation.
-
-    Attributes:
-      budget_loc: ``[L_max]``, logit-space mean of each layer's budget.
-      budget_scale: ``[L_max]``, logit-space standard deviation.
-      temperature_loc: scalar, mean of ``log temperature``.
-      temperature_scale: scalar, standard deviation of ``log temperature``.
-      regrow_loc: scalar, logit-space mean of the regrowth fraction.
-      regrow_scale: scalar, logit-space standard deviation.
-      region_logits: ``[R_max, 4]``, the Specialist's logits (padded rows allow only ``KEEP``).
-    """
-
-    budget_loc: jax.Array
-    budget_scale: jax.Array
-    temperature_loc: jax.Array
-    temperature_scale: jax.Array
-    regrow_loc: jax.Array
-    regrow_scale: jax.Array
-    region_logits: jax.Array
-
-
-class ActionTerms(NamedTuple):
-    """Per-component scalars (log-probabilities or entropies), summed over valid entries."""
-
-    budget: jax.Array
-    temperature: jax.Array
-    regrow: jax.Array
-    region: jax.Array
 
 
 def check_obs(obs: AgentObs) -> tuple[int, int]:

@@ -20,7 +20,6 @@ from emrakul.controllers.gates import l0, variational_units
 # isort: off
 from emrakul.controllers.planned import planned
 from emrakul.controllers.magistrate import magistrate
-from emrakul.controllers.magistrate_v0 import magistrate_v0
 
 # isort: on
 from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
@@ -39,7 +38,6 @@ __all__ = [
     "harmonic",
     "l0",
     "magistrate",
-    "magistrate_v0",
     "make",
     "names",
     "one_shot",

@@ -14,6 +14,6 @@ Nothing in the core (:mod:`emrakul`) imports this package. It holds what our exp
   :mod:`~emrakul.lab.sweeps`: the MinAtar and classifier sweeps on it;
 * :mod:`~emrakul.lab.report` (rliable: IQM, stratified-bootstrap intervals, performance
   profiles; tables and plots) and :mod:`~emrakul.lab.stats` (mean and Student-t interval);
-* :mod:`~emrakul.lab.meta`: meta-training of the learned controller (surgery environments, the
-  trauma-aware reward, PPO).
+* :mod:`~emrakul.lab.meta`: meta-training of the learned controller on surgery plans (evolution
+  strategies and PPO over populations of hosts; the open-loop plan search).
 """

@@ -34,9 +34,9 @@ def observation(
 ) -> Observation:
     """The :class:`~emrakul.controllers.base.Observation` a controller sees at a surgery.
 
-    The wrapper builds every observation with it, and so does
-    :class:`emrakul.lab.meta.env.SurgeryEnv`,
-    so that a policy sees the same thing in training and when deployed.
+    The wrapper builds every observation with it, and so do the meta-training rollouts
+    (:mod:`emrakul.lab.meta.plan_rollout`), so that a policy sees the same thing in training and
+    when deployed.
 
     Args:
       params, grads: the dense weights and the gradient of the last step.
@@ -77,9 +77,8 @@ def state_observation(
     health: Health | None = None,
     activations: Any = None,
 ) -> Observation:
-    """The observation of a host from its wrapper state, as the meta-training environments
-    (:class:`emrakul.lab.meta.env.SurgeryEnv`, :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`)
-    build it.
+    """The observation of a host from its wrapper state, as meta-training builds it between
+    phases (:mod:`emrakul.lab.meta.plan_rollout`).
 
     The gradient is the vital signs' gradient mean and the key the state's own key.
 

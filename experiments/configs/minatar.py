@@ -52,17 +52,17 @@ Every field, with its meaning:
   * ``mlp_hidden``: hidden widths of the MLP used for non-MinAtar games, e.g. ``"(64, 64)"``.
   * ``distribution``: per-layer sparsity budgets, ``erk`` or ``uniform``.
   * ``prune_start``, ``prune_end``: when pruning starts and ends, as fractions of the updates
-    (GMP's schedule; also the deployed Magistrate's).
+    (GMP's schedule; the deployed Magistrate follows the window of its policy file's plan
+    space instead).
   * ``prune_every``: gradient updates per surgery interval (one learning-curve point each).
 
-* ``magistrate.policy``: the trained agent the ``magistrate`` arm deploys
-  (``experiments.train_agent``'s ``WORKDIR/agent``). Empty: the ``magistrate`` arm is skipped
-  with a message naming ``--config.magistrate.policy``.
-* ``magistrate.policies``: further trained agents as comma-separated ``NAME=PATH`` pairs; each
-  enables the arm ``magistrate_NAME``, the same controller deploying the policy at PATH (e.g.
-  ``rl=/tmp/agent_rl/agent`` for a Magistrate trained on RL hosts, arm ``magistrate_rl``).
-* ``magistrate.drop_features``: comma-separated observation groups the policy was trained
-  without (ablations).
+* ``magistrate.policy``: the policy file the ``magistrate`` arm deploys
+  (``experiments.train_agent``'s ``WORKDIR/policy.msgpack``, loaded by
+  ``emrakul.controllers.make("magistrate", policy=PATH)``). Empty: the policy shipped in the
+  package (refused before anything runs if the package ships none).
+* ``magistrate.policies``: further policy files as comma-separated ``NAME=PATH`` pairs; each
+  enables the arm ``magistrate_NAME``, the same controller deploying the policy file at PATH
+  (e.g. ``wide=/tmp/agent_wide/policy.msgpack``, arm ``magistrate_wide``).
 
 The ``dqn.*`` settings and the pooling are recorded in ``DIR/sweep_config.json`` on the first
 run; a later invocation with different values is refused (start a new ``DIR``), so results
@@ -107,5 +107,5 @@ def get_config() -> ml_collections.ConfigDict:
             "prune_every": 1000,
         }
     )
-    c.magistrate = ml_collections.ConfigDict({"policy": "", "policies": "", "drop_features": ""})
+    c.magistrate = ml_collections.ConfigDict({"policy": "", "policies": ""})
     return c

@@ -333,10 +333,10 @@ def make_dqn(
       controller: a controller name (default ``config.controller``; built with the config's
         schedule, :func:`emrakul.lab.build.schedule_kwargs`) or a
         :class:`~emrakul.controllers.Controller` object.
-      probe_cut: when positive, every surgery update also measures ``probe_loss`` on that many
-        replayed transitions before and after the cut (``DQNMetrics.cut_loss_before`` /
-        ``cut_loss_after``; used by :class:`emrakul.lab.meta.rl_env.DQNSurgeryEnv`). The probe
-        uses a key folded from the state's key, so the run itself is unchanged.
+      probe_cut: when positive, every surgery update also measures the TD loss
+        (``probe_loss``) of a replay probe of that many transitions around each cut, before and
+        after it (``DQNMetrics.cut_loss_before`` / ``cut_loss_after``). The probe uses a key
+        folded from the state's key, so the run itself is unchanged.
 
     Returns:
       A :class:`DQN`.

@@ -1,10 +1,16 @@
-"""Meta-training of the learned controller: pruning as an environment, its reward, PPO.
+"""Meta-training of the learned controller: the Magistrate's surgery plans, by ES and by PPO.
 
-* :mod:`~emrakul.lab.meta.env`: ``SurgeryEnv``, a classifier host's training run as a
-  gymnax-style environment (one step = one surgery interval), vmappable over a population;
-* :mod:`~emrakul.lab.meta.rl_env`: the same over a DQN host;
-* :mod:`~emrakul.lab.meta.reward`: the trauma-aware reward, every term logged;
-* :mod:`~emrakul.lab.meta.rollout`: one episode of a population of hosts under one policy;
-* :mod:`~emrakul.lab.meta.ppo` and :mod:`~emrakul.lab.meta.train`: PPO (rlax GAE and clipped
-  surrogate) over a population of hosts, all in one compiled update.
+* :mod:`~emrakul.lab.meta.es`: evolution strategies (evosax's OpenAI-ES) over a genome written
+  into every host's controller state, scored by the hosts' validation accuracy, all candidates
+  and seeds in one compiled program;
+* :mod:`~emrakul.lab.meta.es_search`: a resumable ES search over host groups (checkpoints, logs);
+* :mod:`~emrakul.lab.meta.es_train`: meta-training the plan network's parameters by ES;
+* :mod:`~emrakul.lab.meta.open_loop`: the open-loop ceiling, one fixed surgery plan tuned by ES;
+* :mod:`~emrakul.lab.meta.plan_rollout`: rolling out the plan policy on host runs, with
+  exploration held per phase;
+* :mod:`~emrakul.lab.meta.ppo`: PPO building blocks (the clipped loss, GAE, minibatches);
+* :mod:`~emrakul.lab.meta.ppo_plans`: PPO with group-relative advantages on the plan network;
+* :mod:`~emrakul.lab.meta.ppo_train`: the resumable PPO meta-training loop (checkpoints, logs).
+
+``python -m experiments.train_agent`` drives them and writes the deployable policy file.
 """

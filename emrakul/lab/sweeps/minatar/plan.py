@@ -62,12 +62,12 @@ class Plan(NamedTuple):
     pooling: str
     chunk: int
     final_fraction: float
-    policy: str
-    drop_features: tuple[str, ...]
-    policies: dict[str, str] = {}  # noqa: RUF012  arm base name -> policy path
+    policy: str  # empty: the policy shipped in the package
+    policies: dict[str, str] = {}  # noqa: RUF012  arm base name -> policy file
 
     def policy_of(self, cell: Cell) -> str:
-        """The policy path a magistrate cell deploys."""
+        """The policy file a magistrate cell deploys (empty: the policy shipped in the
+        package)."""
         return self.policies.get(cell.arm.removesuffix(GAP), self.policy)
 
 
@@ -138,8 +138,27 @@ def _games(config: ml_collections.ConfigDict) -> list[str]:
     return games
 
 
+def _check_policy(field: str, path: str) -> None:
+    """Refuses a policy file (empty: the shipped one) that is missing or cannot be deployed.
+
+    Raises:
+      ValueError: naming ``field``.
+    """
+    from emrakul.controllers.magistrate import SHIPPED, load_policy
+
+    hint = "pass experiments.train_agent's WORKDIR/policy.msgpack"
+    if path and not os.path.isfile(path):
+        raise ValueError(f"{field}: {path!r} is not a file; {hint}")
+    if not path and not os.path.isfile(SHIPPED):
+        raise ValueError(f"{field} is empty and the package ships no policy ({SHIPPED}); {hint}")
+    try:
+        load_policy(path or SHIPPED)
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+
+
 def _policies(config: ml_collections.ConfigDict) -> dict[str, str]:
-    """``magistrate.policies`` (``NAME=PATH,...``) as arm name -> policy directory."""
+    """``magistrate.policies`` (``NAME=PATH,...``) as arm name -> policy file."""
     policies = {}
     for item in str(config.magistrate.get("policies", "") or "").split(","):
         if not item.strip():
@@ -149,11 +168,7 @@ def _policies(config: ml_collections.ConfigDict) -> dict[str, str]:
             raise ValueError(
                 f"config.magistrate.policies: {item.strip()!r} is not NAME=PATH (NAME a word)"
             )
-        if not os.path.isdir(path):
-            raise ValueError(
-                f"config.magistrate.policies: {path!r} is not a directory; pass "
-                "experiments.train_agent's WORKDIR/agent"
-            )
+        _check_policy("config.magistrate.policies", path)
         policies[MAGISTRATE_PREFIX + name] = path
     return policies
 
@@ -165,7 +180,8 @@ def _arms(config: ml_collections.ConfigDict, policies: dict[str, str]) -> list[s
         if base.startswith(MAGISTRATE_PREFIX) and base not in policies:
             raise ValueError(
                 f"config.arms: arm {arm!r} needs its policy: "
-                f"--config.magistrate.policies={base.removeprefix(MAGISTRATE_PREFIX)}=WORKDIR/agent"
+                f"--config.magistrate.policies={base.removeprefix(MAGISTRATE_PREFIX)}"
+                "=WORKDIR/policy.msgpack"
             )
         if base not in ctl.NAMES and base not in policies:
             raise ValueError(
@@ -208,22 +224,10 @@ def _scalars(config: ml_collections.ConfigDict) -> tuple[list[int], int, str, fl
     return list(range(offset, offset + seeds)), chunk, pooling, float(fraction)
 
 
-def _magistrate_arm(arms: list[str], policy: str, skipped: list[str]) -> list[str]:
-    """The arms without ``magistrate`` when no policy is set (a message in ``skipped``)."""
-    if not any(a.removesuffix(GAP) == "magistrate" for a in arms):
-        return arms
-    if not policy:
-        skipped.append(
-            "skipping the magistrate arm: no trained policy; set "
-            "--config.magistrate.policy=WORKDIR/agent (experiments.train_agent's output)"
-        )
-        return [a for a in arms if a.removesuffix(GAP) != "magistrate"]
-    if not os.path.isdir(policy):
-        raise ValueError(
-            f"config.magistrate.policy={policy!r} is not a directory; pass "
-            "experiments.train_agent's WORKDIR/agent"
-        )
-    return arms
+def _magistrate_policy(arms: list[str], policy: str) -> None:
+    """Checks ``magistrate.policy`` (empty: the shipped policy) when a ``magistrate`` arm runs."""
+    if any(a.removesuffix(GAP) == "magistrate" for a in arms):
+        _check_policy("config.magistrate.policy", policy)
 
 
 def _cells(
@@ -247,7 +251,9 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
 
     Raises:
       ValueError: a bad field, named (``config.games``, ``config.dqn.lr``, ...), or a
-        ``magistrate.policy`` that does not exist.
+        ``magistrate.policy`` / ``magistrate.policies`` file that is missing or not a
+        Magistrate policy of this version (an empty ``magistrate.policy`` is the policy shipped
+        in the package, checked only when a ``magistrate`` arm runs).
     """
     games = _games(config)
     policies = _policies(config)
@@ -256,11 +262,10 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     seeds, chunk, pooling, fraction = _scalars(config)
     base = base_dqn_config(config)
     policy = str(config.magistrate.policy or "")
-    drop = tuple(d.strip() for d in str(config.magistrate.drop_features).split(",") if d.strip())
+    _magistrate_policy(arms, policy)
     skipped: list[str] = []
-    arms = _magistrate_arm(arms, policy, skipped)
     cells = _cells(games, widths, arms, sparsities, skipped)
-    plan = Plan(cells, skipped, seeds, base, pooling, chunk, fraction, policy, drop, policies)
+    plan = Plan(cells, skipped, seeds, base, pooling, chunk, fraction, policy, policies)
     for cell in cells:
         try:
             dqn.validate(cell_config(plan, cell))

@@ -114,19 +114,14 @@ def sweep_grid(workdir: str) -> grid_lib.Grid:
 
 
 def _controller(plan: Plan, cell: Cell, cache: dict[str, Any]) -> str | ctl.Controller:
-    """The cell's controller: a name, or the deployed policy of a magistrate arm (each policy
-    loaded once per sweep)."""
+    """The cell's controller: a name, or the Magistrate deploying a magistrate arm's policy file
+    (each file loaded once per sweep; empty: the policy shipped in the package)."""
     if cell.controller != "magistrate":
         return cell.controller
-    from emrakul.controllers.magistrate_v0 import deployed, load_policy
-
-    cfg = cell_config(plan, cell)
     path = plan.policy_of(cell)
     if path not in cache:
-        cache[path] = load_policy(path)
-    return deployed(
-        cache[path], start=cfg.prune_start, end=cfg.prune_end, drop_features=plan.drop_features
-    )
+        cache[path] = ctl.make("magistrate", policy=path)
+    return cache[path]
 
 
 def _announce(status: grid_lib.CellStatus, plan: Plan, progress: bool) -> None:
