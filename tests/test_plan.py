@@ -16,10 +16,10 @@ from experiments.configs.default import get_config
 
 def tiny_config(distribution):
     c = get_config()
-    c.host.width = (32, 32)
+    c.host.width = (16, 16)
     c.data.num_samples = 600
-    c.train.steps = 100
-    c.train.batch_size = 32
+    c.train.steps = 60
+    c.train.batch_size = 16
     c.prune.every = 10
     c.prune.sparsity = 0.9
     c.prune.distribution = distribution
@@ -58,7 +58,7 @@ def test_zero_plan_trains_exactly_as_the_heuristic(distribution, heuristic):
 
 def test_a_plan_moves_weights_between_layers_at_the_same_total():
     config = tiny_config("erk")
-    plan = zero_plan(3, 74)._replace(alloc=jnp.asarray([1.0, -1.0, 0.5]))
+    plan = zero_plan(3, 42)._replace(alloc=jnp.asarray([1.0, -1.0, 0.5]))
     s_0, m_0, _ = train(config, plan_controller(PlanSpace.breathing()), seeds=1)
     s_1, m_1, _ = train(config, plan_controller(PlanSpace.breathing(), plan), seeds=1)
     kept_0 = [int(a.sum()) for a in alive(s_0)]
@@ -92,13 +92,13 @@ def test_bad_inputs(tmp_path):
     np.savez(tmp_path / "bad.npz", alloc=np.zeros(3))
     with pytest.raises(ValueError, match="lacks"):
         load_plan(str(tmp_path / "bad.npz"))
-    small = plan_controller(PlanSpace.breathing(), zero_plan(2, 74))
+    small = plan_controller(PlanSpace.breathing(), zero_plan(2, 42))
     with pytest.raises(ValueError, match="covers 2 layers"):
         train(tiny_config("uniform"), small, seeds=1)
 
 
 def test_save_and_load_round_trip(tmp_path):
-    plan = jax.tree.map(lambda x: x + 0.25, zero_plan(3, 74))
+    plan = jax.tree.map(lambda x: x + 0.25, zero_plan(3, 42))
     path = str(tmp_path / "plan.npz")
     save_plan(path, plan, PlanSpace.gmp(start=0.1, end=0.7))
     got, space = load_plan(path)
