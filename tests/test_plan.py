@@ -107,3 +107,12 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert isinstance(got, SurgeryPlan)
     assert ctl.make("planned", plan=path).needs_vitals
+
+
+def test_the_last_surgery_reaches_the_target_when_the_window_ends_later():
+    config = tiny_config("erk")  # surgeries at steps 0, 10, ..., 50 of 60
+    late = zero_plan(3, 42)._replace(end=jnp.float32(5.0))  # window end 0.95 * 60 = 57 > 50
+    _, m_0, _ = train(config, plan_controller(PlanSpace.breathing()), seeds=1)
+    _, m_1, _ = train(config, plan_controller(PlanSpace.breathing(), late), seeds=1)
+    np.testing.assert_array_equal(m_1.layer_sparsity[0, -1], m_0.layer_sparsity[0, -1])
+    assert float(m_1.layer_sparsity[0, -2].sum()) < float(m_0.layer_sparsity[0, -2].sum())

@@ -46,6 +46,8 @@ class Observation(NamedTuple):
       health: optional float32 ``[3]``: the training loss (an EMA), its relative slope
         ``(fast EMA - slow EMA) / slow EMA`` and the last validation accuracy the loop reported
         (0 if none); ``None`` when not tracked.
+      interval: optional int32, the host steps between surgeries (so a controller can tell its
+        last surgery, ``step + interval >= total_steps``); ``None`` when unknown.
     """
 
     step: jax.Array
@@ -59,6 +61,7 @@ class Observation(NamedTuple):
     key: jax.Array
     activations: Any = None
     health: jax.Array | None = None
+    interval: jax.Array | None = None
 
 
 class Decision(NamedTuple):

@@ -56,9 +56,11 @@ def init_state(obs: Observation) -> PlanState:
     return PlanState(state_scores(obs, lambda s: jnp.zeros(jnp.shape(s), jnp.float32)))
 
 
-def _window(step, total: int, space: PlanSpace, k: PlanKnobs):
+def _window(step, total: int, space: PlanSpace, k: PlanKnobs, interval=None):
     """``(progress, running, started, ended)`` of the shifted window; without shifts the
-    boundaries are the Python constants of :mod:`emrakul.controllers.schedules`, bit for bit."""
+    boundaries are the Python constants of :mod:`emrakul.controllers.schedules`, bit for bit.
+    The last surgery of the run (``step + interval >= total``) always ends the window, so every
+    run ends at its target even when the window ends after it."""
     t = jnp.asarray(step, jnp.float32)
     c0 = space.start * total
     c1 = max(space.end * total, c0 + 1)
@@ -69,7 +71,9 @@ def _window(step, total: int, space: PlanSpace, k: PlanKnobs):
     p = jnp.where(neutral, (t - c0) / (c1 - c0), (t - t0) / (t1_p - t0))
     t0 = jnp.where(k.start == 0, jnp.float32(c0), t0)
     t1 = jnp.where(k.end == 0, jnp.float32(space.end * total), t1)
-    return jnp.clip(p, 0.0, 1.0), (t >= t0) & (t < t1), t >= t0, t >= t1
+    last = jnp.zeros((), bool) if interval is None else step + interval >= total
+    p = jnp.where(last, 1.0, jnp.clip(p, 0.0, 1.0))
+    return p, (t >= t0) & (t < t1) & ~last, (t >= t0) | last, (t >= t1) | last
 
 
 def layer_sparsity(obs: Observation, space: PlanSpace, k: PlanKnobs) -> tuple:
@@ -79,7 +83,7 @@ def layer_sparsity(obs: Observation, space: PlanSpace, k: PlanKnobs) -> tuple:
     base = allocation.base_keep(target, sizes)
     keep = allocation.reallocate(base, k.alloc[: len(sizes)], sizes)
     final = allocation.sparsity_of(keep, base, target, sizes)
-    p, running, started, ended = _window(obs.step, obs.total_steps, space, k)
+    p, running, started, ended = _window(obs.step, obs.total_steps, space, k, obs.interval)
     ramp = jnp.where(k.shape == 3.0, 1.0 - (1.0 - p) ** 3, 1.0 - (1.0 - p) ** k.shape)
     return final * ramp, running, started, ended
 

@@ -31,6 +31,7 @@ def observation(
     total_steps: int,
     activations: Any = None,
     filter: Filter | None = None,
+    interval: Any = None,
 ) -> Observation:
     """The :class:`~emrakul.controllers.base.Observation` a controller sees at a surgery.
 
@@ -50,6 +51,7 @@ def observation(
       activations: ``None``, the dict of :func:`emrakul.vitals.activation_stats`, or a tree
         from :func:`emrakul.vitals.activation_tree`.
       filter: the pruning filter (to map a dict of activation statistics onto kernels).
+      interval: the host steps between surgeries (``knobs.every``), or ``None``.
     """
     sizes = tuple(int(np.size(s)) for s in jax.tree.leaves(life_state) if jnp.ndim(s) > 0)
     if isinstance(activations, dict):
@@ -66,6 +68,7 @@ def observation(
         key=key,
         activations=activations,
         health=health_vector(health),
+        interval=None if interval is None else jnp.asarray(interval, jnp.int32),
     )
 
 
@@ -100,4 +103,5 @@ def state_observation(
         state.health if health is None else health,
         total_steps=total_steps,
         activations=activations,
+        interval=state.knobs.every,
     )

@@ -72,6 +72,7 @@ def surgery_step(
         total_steps=settings.total_steps,
         activations=activations,
         filter=settings.filter,
+        interval=state.knobs.every,
     )
     decision, ctrl = controller.decide(obs, state.controller)
     res = operate(
