@@ -49,10 +49,11 @@ def _candidates(widths, runs: int) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), runs)
     plain = make_train(config, "breathing")
     learned = make_train(config, policy_controller(space, params, net))
-    (group,) = es_train.policy_groups(config, [widths], space, net, params)
+    named = [(",".join(map(str, widths)), config)]
+    (group,) = es_train.policy_groups(named, space, net, params)
     genomes = jax.tree.map(lambda x: jnp.stack([x] * (runs // 2)), params)
     scores = es.scores_fn([group])
-    (pgroup,) = ppo_train.plan_groups(config, [widths], space)
+    (pgroup,) = ppo_train.plan_groups(named, space)
     log_std = {f: jnp.float32(math.log(0.3)) for f in SurgeryPlan._fields}
     roll = functools.partial(plan_rollout.rollout_host, pgroup.trainer, pgroup.layout, net,
                              params, log_std, 4, pgroup.layout.num_regions,

@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent.plan_network import PlanNetwork
-from emrakul.controllers.magistrate import save_policy
+from emrakul.controllers.magistrate import load_policy, save_policy
 from emrakul.controllers.plan_space import PlanSpace
 from emrakul.lab.meta import es_search, es_train, ppo_plans, ppo_train
 from emrakul.lab.sweeps import paired
@@ -35,7 +35,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "agent.py"), "Host config."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_GROUPS = flags.DEFINE_string("groups", "", "Host groups: hidden widths, ';'-separated.")
+_GROUPS = flags.DEFINE_string(
+    "groups", "", "Host groups, ';'-separated: hidden widths or host presets (e.g. 'default')."
+)
+_INIT = flags.DEFINE_string("init", "", "Start from this policy file instead of zero heads.")
 _TRAINER = flags.DEFINE_enum("trainer", "es", ["es", "ppo"], "Meta-trainer.")
 _DIST = flags.DEFINE_enum("distribution", "erk", ["uniform", "erk"], "Base allocation.")
 _BASE = flags.DEFINE_enum("base", "breathing", ["breathing", "gmp"], "Neutral heuristic.")
@@ -62,10 +65,14 @@ def main(argv) -> None:
     config.prune.distribution = _DIST.value
     space = PlanSpace.breathing() if _BASE.value == "breathing" else PlanSpace.gmp()
     network = PlanNetwork()
-    shapes = es_train.parse_population(_GROUPS.value)
+    configs = es_train.group_configs(config, _GROUPS.value)
     params = es_train.template_params(config, network, _SEED.value)
+    if _INIT.value:  # a warm start (the file's network and space must be these)
+        params, net0, space0, _ = load_policy(_INIT.value)
+        if (net0, space0) != (network, space):
+            raise app.UsageError(f"--init {_INIT.value}: another network or plan space")
     path = os.path.join(workdir, "policy.msgpack")
-    info = {"trainer": _TRAINER.value, "groups": [",".join(map(str, s)) for s in shapes],
+    info = {"trainer": _TRAINER.value, "groups": [name for name, _ in configs], "init": _INIT.value,
             "sparsity": float(config.prune.sparsity), "distribution": config.prune.distribution,
             "seed": _SEED.value}  # fmt: skip
 
@@ -79,13 +86,13 @@ def main(argv) -> None:
             save_policy(path, mean, network, space, generation=generation + 1, **info)
 
     if _TRAINER.value == "es":
-        groups = es_train.policy_groups(config, shapes, space, network, params)
+        groups = es_train.policy_groups(configs, space, network, params)
         cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value,
                                      _LR.value, _SEED.value)  # fmt: skip
         search = es_search.run_search(groups, params, cfg, workdir, report, on_mean=checkpoint)
         final, log = search.mean, search.log
     else:
-        groups = ppo_train.plan_groups(config, shapes, space)
+        groups = ppo_train.plan_groups(configs, space)
         cfg = ppo_plans.PlanPPOConfig(seeds=_PPO_SEEDS.value, group_size=_GROUP.value,
                                       phases=_PHASES.value)  # fmt: skip
         final, log = ppo_train.run_ppo(groups, network, params, cfg, _GENS.value, workdir,

@@ -9,7 +9,7 @@ import pytest
 
 from emrakul.agent.plan_network import PlanNetwork
 from emrakul.controllers.plan_space import PlanSpace, SurgeryPlan, zero_plan
-from emrakul.lab.meta import es, es_search, open_loop, plan_rollout, ppo_plans, ppo_train
+from emrakul.lab.meta import es, es_search, es_train, open_loop, plan_rollout, ppo_plans, ppo_train
 from experiments.configs.default import get_config
 
 
@@ -84,9 +84,8 @@ def _fake_obs():
 
 
 def test_ppo_iteration_runs_with_group_relative_advantages(tmp_path):
-    groups = ppo_train.plan_groups(tiny_config(), [(16, 16), (8, 8, 8)], PlanSpace.breathing())
-    from emrakul.lab.meta import es_train
-
+    named = es_train.group_configs(tiny_config(), "16,16;8,8,8")
+    groups = ppo_train.plan_groups(named, PlanSpace.breathing())
     params = es_train.template_params(tiny_config(), PlanNetwork())
     cfg = ppo_plans.PlanPPOConfig(seeds=2, group_size=2, phases=2, epochs=1, num_minibatches=2)
     final, rows = ppo_train.run_ppo(

@@ -23,6 +23,7 @@ from emrakul.controllers.magistrate import policy_controller
 from emrakul.controllers.plan_decision import region_layout
 from emrakul.controllers.plan_space import PlanSpace
 from emrakul.controllers.planned import plan_controller
+from emrakul.lab.hosts import presets
 from emrakul.lab.loop import RunState, make_train
 from emrakul.lab.meta.es import HostGroup
 
@@ -47,6 +48,35 @@ def parse_population(spec: str) -> tuple[tuple[int, ...], ...]:
     return tuple(groups)
 
 
+def group_configs(
+    config: ml_collections.ConfigDict, spec: str
+) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """``(name, config)`` per ``;``-separated group of ``spec``: hidden widths (``"64,64"``: the
+    config's host with those widths) or a host preset name (``"default"``:
+    :data:`emrakul.lab.hosts.presets.HOSTS`, its own run length and interval). Empty:
+    :data:`POPULATION`.
+
+    Raises:
+      ValueError: a group that is neither.
+    """
+    out = []
+    for g in spec.split(";") if spec.strip() else [",".join(map(str, w)) for w in POPULATION]:
+        g = g.strip()
+        if g in presets.HOSTS:
+            c = presets.host_config(config, g)
+            c.prune.sparsity, c.prune.distribution = (
+                config.prune.sparsity,
+                config.prune.distribution,
+            )
+            out.append((g, c))
+            continue
+        (widths,) = parse_population(g)
+        c = config.copy_and_resolve_references()
+        c.host.width = widths
+        out.append((g, c))
+    return out
+
+
 def template_params(config: ml_collections.ConfigDict, network: PlanNetwork, seed: int = 0):
     """Fresh network parameters (zero heads), from a probe observation of ``config``'s host."""
     trainer = make_train(config, plan_controller(PlanSpace()))
@@ -64,17 +94,11 @@ def write_params(state: RunState, params: Any) -> RunState:
 
 
 def policy_groups(
-    config: ml_collections.ConfigDict,
-    shapes: Sequence[tuple[int, ...]],
+    configs: Sequence[tuple[str, ml_collections.ConfigDict]],
     space: PlanSpace,
     network: PlanNetwork,
     params: Any,
 ) -> list[HostGroup]:
-    """One host group per hidden-width tuple, every host run by the Magistrate."""
-    groups = []
-    for widths in shapes:
-        c = config.copy_and_resolve_references()
-        c.host.width = tuple(widths)
-        trainer = make_train(c, policy_controller(space, params, network))
-        groups.append(HostGroup(trainer, write_params, ",".join(map(str, widths))))
-    return groups
+    """One host group per ``(name, config)`` (:func:`group_configs`), run by the Magistrate."""
+    return [HostGroup(make_train(c, policy_controller(space, params, network)), write_params, name)
+            for name, c in configs]  # fmt: skip

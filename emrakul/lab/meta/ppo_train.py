@@ -1,6 +1,6 @@
 """The PPO meta-training loop of the plan network: host groups, checkpoints, logs.
 
-:func:`plan_groups` builds one host group per hidden-width tuple (their hosts follow a plan
+:func:`plan_groups` builds one host group per host config (their hosts follow a plan
 written into the ``planned`` controller's state, :mod:`emrakul.lab.meta.plan_rollout`);
 :func:`run_ppo` runs :func:`emrakul.lab.meta.ppo_plans.make_update` for a number of
 iterations, checkpointing the whole state every iteration (``WORKDIR/ppo_state``) and appending
@@ -29,17 +29,16 @@ from emrakul.lab.meta import ppo_plans
 
 
 def plan_groups(
-    config: ml_collections.ConfigDict, shapes: Sequence[tuple[int, ...]], space: PlanSpace
+    configs: Sequence[tuple[str, ml_collections.ConfigDict]], space: PlanSpace
 ) -> list[ppo_plans.PlanGroup]:
-    """One group per hidden-width tuple: a trainer with the ``planned`` controller, its layout."""
+    """One group per ``(name, config)`` (:func:`emrakul.lab.meta.es_train.group_configs`): a
+    trainer with the ``planned`` controller and its region layout."""
     groups = []
-    for widths in shapes:
-        c = config.copy_and_resolve_references()
-        c.host.width = tuple(widths)
+    for name, c in configs:
         trainer = make_train(c, plan_controller(space))
         probe = trainer.init(jax.random.PRNGKey(0))
         obs = wrap_mod.state_observation(probe.params, probe.opt_state, total_steps=1)
-        groups.append(ppo_plans.PlanGroup(trainer, region_layout(obs), ",".join(map(str, widths))))
+        groups.append(ppo_plans.PlanGroup(trainer, region_layout(obs), name))
     return groups
 
 

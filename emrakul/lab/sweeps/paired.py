@@ -3,10 +3,11 @@
 An *arm* is a controller with a per-layer budget distribution (``gmp:erk``, ``breathing:uniform``)
 and optionally an alias (``ceiling=planned:erk``: the alias names the arm in the tables and picks
 its keyword arguments from ``config.controllers.<alias>``). A *host* is a named preset of the
-classifier config (:data:`HOSTS`). Every cell runs the same seeds, so arms are compared seed by
-seed (paired differences, :mod:`emrakul.lab.sweeps.paired_report`). Rows go to
-``DIR/results.jsonl`` on the resumable grid (:mod:`emrakul.lab.grid`): the validation accuracy
-at the end of training (to choose the best heuristic) and the test accuracy (to report).
+classifier config (:data:`emrakul.lab.hosts.presets.HOSTS`). Every cell runs the same seeds,
+so arms are compared seed by seed (paired differences,
+:mod:`emrakul.lab.sweeps.paired_report`). Rows go to ``DIR/results.jsonl`` on the resumable grid
+(:mod:`emrakul.lab.grid`): the validation accuracy at the end of training (to choose the best
+heuristic) and the test accuracy (to report).
 """
 
 from __future__ import annotations
@@ -18,26 +19,14 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from emrakul.lab import grid as grid_lib
+from emrakul.lab.hosts.presets import EXTRA_TEST, EXTRA_VAL, HOSTS, MONITOR, host_config
 from emrakul.lab.runner import run_controller
 
-RESULTS = "results.jsonl"
+# The host presets are re-exported: evaluations and meta-training name hosts the same way.
+__all__ = ["EXTRA_TEST", "EXTRA_VAL", "HOSTS", "MONITOR", "RESULTS", "Arm", "Cell", "cell_config",
+           "cell_key", "host_config", "paired_grid", "parse_arm", "run_paired"]  # fmt: skip
 
-#: Host presets: config overrides of ``experiments/configs/default.py``.
-HOSTS: dict[str, dict[str, Any]] = {
-    "meta": {"width": (64, 64), "steps": 1000, "every": 50},
-    "pop_deep": {"width": (32, 32, 32), "steps": 1000, "every": 50},
-    "pop_narrow": {"width": (48, 48), "steps": 1000, "every": 50},
-    "pop_shallow": {"width": (128,), "steps": 1000, "every": 50},
-    "default": {"width": (256, 256), "steps": 3000, "every": 100},
-    "wide": {"width": (96, 96), "steps": 1000, "every": 50},
-    "deep": {"width": (32, 32, 32, 32), "steps": 1000, "every": 50},
-    "cnn": {"kind": "cnn", "width": (32, 32), "steps": 1000, "every": 50},
-}
-#: The evaluation's validation and test splits (examples added to MNIST-1D's 400 / 1000).
-EXTRA_VAL, EXTRA_TEST = 2000, 4000
-#: Validation examples the per-interval metrics and the controllers' observations use (the
-#: original 400 of MNIST-1D's split); the final validation accuracy scores all 2,400.
-MONITOR = 400
+RESULTS = "results.jsonl"
 
 
 class Arm(NamedTuple):
@@ -62,26 +51,6 @@ def parse_arm(spec: str) -> Arm:
         raise ValueError(f"arm {spec!r}: expected [alias=]controller[:uniform|erk]")
     label = alias or (name if name == "dense" else f"{name}:{dist}")
     return Arm(label, name, dist)
-
-
-def host_config(base: ml_collections.ConfigDict, host: str) -> ml_collections.ConfigDict:
-    """``base`` with the preset of ``host`` and the evaluation's larger splits.
-
-    Raises:
-      ValueError: an unknown host.
-    """
-    if host not in HOSTS:
-        raise ValueError(f"unknown host {host!r}; choose from {sorted(HOSTS)}")
-    preset = HOSTS[host]
-    config = base.copy_and_resolve_references()
-    config.host.kind = preset.get("kind", "mlp")
-    config.host.width = tuple(preset["width"])
-    config.train.steps = int(preset["steps"])
-    config.prune.every = int(preset["every"])
-    config.data.extra_val = EXTRA_VAL
-    config.data.extra_test = EXTRA_TEST
-    config.data.monitor = MONITOR
-    return config
 
 
 class Cell(NamedTuple):
