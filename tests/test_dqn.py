@@ -279,6 +279,7 @@ def test_run_compiles_once_and_counts_steps():
     assert not np.allclose(state2.params["Dense_0"]["kernel"], state0.params["Dense_0"]["kernel"])
 
 
+@pytest.mark.slow  # CI time; the Q-network is tested above, Breakout in test_ppo_host.py
 def test_minatar_dqn_smoke():
     config = dqn.DQNConfig(
         env_name="Breakout-MinAtar",

@@ -210,6 +210,7 @@ def test_wrapped_adam_is_wrap_of_adam():
 # every host returns a Program
 
 
+@pytest.mark.slow  # CI time; the PPO host is covered by tests/test_ppo_host.py
 def test_ppo_host_is_driven_like_any_program(tmp_path):
     from emrakul.lab.hosts.ppo_host import PPOHostConfig, make_ppo
 

@@ -80,7 +80,8 @@ def test_sweep_shards_seeds_over_devices(tmp_path):
     """``--shard`` over 2 forced CPU devices: each device runs the 1-seed program, so seed 0
     equals an unsharded 1-seed sweep bit for bit (see tests/test_sharding.py for why 1 vs 2
     seeds in one program may differ in the last bits)."""
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    flags = os.environ.get("XLA_FLAGS", "")  # the same compiler flags as the unsharded run
+    two = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2".strip()}
     common = ["--controllers=gmp", "--sparsities=0.8", *TINY]
     sharded = str(tmp_path / "sharded")
     out = run("experiments.sweep", f"--workdir={sharded}", "--seeds=2", "--shard", *common, env=two)
@@ -105,6 +106,7 @@ def test_sweep_shards_seeds_over_devices(tmp_path):
     assert bad.returncode != 0 and "cannot shard 3 seeds over 2 devices" in bad.stderr
 
 
+@pytest.mark.slow  # CI time; the DQN host is covered by tests/test_dqn.py
 def test_train_runs_a_pruned_cartpole_dqn(tmp_path):
     work = str(tmp_path / "rl")
     out = run(

@@ -83,6 +83,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         run_controller(c, "gmp", seeds=1, workdir=str(tmp_path), chunk=2, progress=False)
 
 
+@pytest.mark.slow  # CI time; the map seed loop is covered bit-for-bit by tests/test_sharding.py
 def test_map_seed_loop_reproduces_each_seed_run_alone(tmp_path, monkeypatch):
     """``seed_loop="map"`` runs every seed through the same one-seed program, so seed 1 of a
     2-seed run equals seed 1 run alone bit for bit (a vmapped run need not)."""
