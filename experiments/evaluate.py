@@ -40,7 +40,9 @@ _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per cell (one program).")
 _SEED_OFFSET = flags.DEFINE_integer("seed_offset", 1000, "First seed (fresh seeds: >= 1000).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite report.md.")
 _SET = flags.DEFINE_list("set", [], "Arm keyword arguments: ALIAS.KEY=VALUE entries.")
-_TRACE = flags.DEFINE_list("trace", [], "Arms (magistrate / planned) whose plans to plot.")
+_TRACE = flags.DEFINE_list(
+    "trace", [], "Arms (magistrate / planned) whose plans to plot: specs or labels of --arms."
+)
 
 
 def with_arm_kwargs(config, entries):
@@ -78,11 +80,27 @@ def plot_plans(config, workdir: str, host: str, sparsity: float, labels) -> None
         print(f"wrote {name}")
 
 
+def trace_specs(trace: list[str], arms: list[str]) -> list[str]:
+    """The arm specs of ``--trace`` entries: an entry that is the label of an ``--arms`` arm
+    (e.g. ``learned`` for ``learned=magistrate:erk``) stands for that arm.
+
+    Raises:
+      ValueError: an entry that is neither a label of ``arms`` nor a magistrate / planned spec.
+    """
+    by_label = {paired.parse_arm(a).label: a for a in arms}
+    specs = [by_label.get(t, t) for t in trace]
+    for spec in specs:
+        if paired.parse_arm(spec).controller not in ("magistrate", "planned"):
+            raise ValueError(f"--trace {spec!r}: not a magistrate or planned arm of --arms")
+    return specs
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
+    traced = trace_specs(_TRACE.value, _ARMS.value)
     if not _REPORT_ONLY.value:
         config = with_arm_kwargs(_CONFIG.value, _SET.value)
         paired.run_paired(config, workdir, _HOSTS.value,
@@ -92,7 +110,7 @@ def main(argv) -> None:
         config = with_arm_kwargs(_CONFIG.value, _SET.value)
         for host in _HOSTS.value:
             for sp in _SPARSITIES.value:
-                plot_plans(config, workdir, host, float(sp), _TRACE.value)
+                plot_plans(config, workdir, host, float(sp), traced)
     rows = grid_lib.read_rows(os.path.join(workdir, paired.RESULTS))
     md = paired_report.markdown(rows)
     write_atomic(os.path.join(workdir, "report.md"), md)

@@ -63,3 +63,15 @@ def test_learned_arms_are_not_heuristics():
     assert not paired_report.is_heuristic("magistrate:erk")
     assert not paired_report.is_heuristic("ceiling")
     assert paired_report.best_heuristic({"learned": rows("learned", [1.0], [1.0])}) is None
+
+
+def test_trace_takes_labels_of_the_arms_and_refuses_heuristics():
+    from experiments.evaluate import trace_specs
+
+    arms = ["gmp:erk", "learned=magistrate:erk", "ceiling=planned:erk"]
+    assert trace_specs(["learned", "ceiling"], arms) == arms[1:]
+    assert trace_specs(["x=magistrate:erk"], arms) == ["x=magistrate:erk"]
+    with pytest.raises(ValueError, match="not a magistrate or planned arm"):
+        trace_specs(["gmp:erk"], arms)
+    with pytest.raises(ValueError, match="not a magistrate or planned arm"):
+        trace_specs(["learned"], ["gmp:erk"])
