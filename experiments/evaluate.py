@@ -101,13 +101,12 @@ def main(argv) -> None:
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     traced = trace_specs(_TRACE.value, _ARMS.value)
+    config = with_arm_kwargs(_CONFIG.value, _SET.value)
     if not _REPORT_ONLY.value:
-        config = with_arm_kwargs(_CONFIG.value, _SET.value)
         paired.run_paired(config, workdir, _HOSTS.value,
                           [float(s) for s in _SPARSITIES.value], _ARMS.value,
                           seeds=_SEEDS.value, seed_offset=_SEED_OFFSET.value)  # fmt: skip
-    if _TRACE.value:
-        config = with_arm_kwargs(_CONFIG.value, _SET.value)
+    if traced:
         for host in _HOSTS.value:
             for sp in _SPARSITIES.value:
                 plot_plans(config, workdir, host, float(sp), traced)

@@ -1,8 +1,8 @@
 """Shared test settings: float32 everywhere, small and deterministic.
 
 The tests' programs are tiny and compiled once each, so XLA's LLVM optimisation level 0 is set
-here (before any test initialises a backend; child processes inherit it): it halves their compile
-time (77 s -> 46 s on a plan test) without slowing the long-running ones measurably.
+here (before any test initialises a backend; child processes inherit it): compilation dominates
+their time (figures in BUILD_NOTES.md, "Tests and CI").
 """
 
 import os
