@@ -27,6 +27,10 @@ BUILT_IN = (
     "breathing",
     "l0",
     "variational",
+    "continual_backprop",
+    "redo",
+    "shrink_perturb",
+    "selective_forgetting",
     "planned",
     "magistrate",
 )

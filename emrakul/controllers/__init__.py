@@ -8,7 +8,9 @@ controller is one file: a factory decorated with ``@register("name")``
 The built-in controllers register themselves when their modules are imported here, in the
 order of ``NAMES``: the classic heuristics (:mod:`~emrakul.controllers.basic`), the dynamic
 ones (:mod:`~emrakul.controllers.dynamic`), the gates (:mod:`~emrakul.controllers.gates`) and
-the learned Magistrate (:mod:`~emrakul.controllers.magistrate`).
+the plasticity remedies (continual backprop, ReDo, Shrink & Perturb, Fisher-guided
+selective forgetting: dense controllers whose decisions rewrite weights) and the learned
+Magistrate (:mod:`~emrakul.controllers.magistrate`).
 """
 
 from emrakul.controllers.base import Controller, Decision, Observation
@@ -18,6 +20,10 @@ from emrakul.controllers.gates import l0, variational_units
 
 # The import order is the registration order, i.e. the order of NAMES.
 # isort: off
+from emrakul.controllers.continual_backprop import continual_backprop
+from emrakul.controllers.redo import redo
+from emrakul.controllers.shrink_perturb import shrink_perturb
+from emrakul.controllers.selective_forgetting import selective_forgetting
 from emrakul.controllers.planned import planned
 from emrakul.controllers.magistrate import magistrate
 
@@ -30,6 +36,7 @@ __all__ = [
     "Decision",
     "Observation",
     "breathing",
+    "continual_backprop",
     "dense",
     "dsd",
     "factory",
@@ -42,9 +49,12 @@ __all__ = [
     "names",
     "one_shot",
     "planned",
+    "redo",
     "register",
     "rigl",
+    "selective_forgetting",
     "set_",
+    "shrink_perturb",
     "snip",
     "unregister",
     "variational_units",

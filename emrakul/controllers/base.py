@@ -85,6 +85,9 @@ class Decision(NamedTuple):
         pruned): weights marked here that leave ALIVE become LYSED whatever ``drop_to`` says,
         and marked SEDATED weights that stay out of ALIVE are lysed too (the learned
         controller's per-region "lyse" decision). ``None``: only ``drop_to`` applies.
+      rewrite: optional :class:`~emrakul.surgery.rewrite.Rewrite` of the weights themselves
+        (re-initialisation, shrinking, noise: the plasticity remedies), applied after the mask
+        changes whether or not ``operate`` is set. ``None``: the weights are not rewritten.
     """
 
     sparsity: jax.Array
@@ -93,6 +96,7 @@ class Decision(NamedTuple):
     grow_score: PyTree
     operate: jax.Array
     lyse: PyTree | None = None
+    rewrite: Any = None
 
 
 class Controller(NamedTuple):

@@ -72,12 +72,13 @@ def finish_updates(
 
     Returns:
       A tree like ``params``: zero on lysed weights, scaled by the layer's multiplier
-      elsewhere on pruned leaves, plus ``new_params - params``; unpruned leaves unchanged.
+      elsewhere on pruned leaves, plus ``new_params - params`` (on unpruned leaves only that
+      difference is added: a remedy's rewrite).
     """
 
     def one(u, s, p_old, p_new, i):
-        if i is None:  # not pruned: the surgery never changes it
-            return u
+        if i is None:  # not pruned: only a rewrite (a remedy's re-initialisation) changes it
+            return u if p_new is p_old else u + (p_new - p_old)
         u = jnp.where(s == LYSED, jnp.zeros((), u.dtype), u * lr_scale[i].astype(u.dtype))
         return u + (p_new - p_old)
 

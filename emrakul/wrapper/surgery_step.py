@@ -17,6 +17,7 @@ import optax
 from emrakul._tree import PyTree
 from emrakul.surgery import anesthesia
 from emrakul.surgery.operate import operate
+from emrakul.surgery.rewrite import apply_rewrite, merge_resets
 from emrakul.wrapper.checks import leaf_structures
 from emrakul.wrapper.observe import observation
 from emrakul.wrapper.settings import WrapSettings
@@ -56,7 +57,8 @@ def surgery_step(
 
     Returns:
       The state after the surgery (lifecycle, controller state, anesthesia, reset moments, last
-      cut and growth) and the params after it (newly lysed weights zeroed).
+      cut and growth) and the params after it (newly lysed weights zeroed, the decision's
+      rewrite applied).
     """
     controller = settings.controller
     structures = leaf_structures(params, state.life.state, settings.structure, check_fit=False)
@@ -85,19 +87,24 @@ def surgery_step(
         regrow_lysed=controller.regrow_lysed,
         cooldown=state.knobs.cooldown,
     )
+    new_params, reset = res.params, res.reset
+    rewrite = getattr(decision, "rewrite", None)
+    if rewrite is not None:  # a remedy rewrites weights (after the mask changes)
+        new_params = apply_rewrite(new_params, res.life.state, rewrite)
+        reset = merge_resets(reset, rewrite.reset)
     knobs = state.knobs
     lr_scale = anesthesia.anesthetize(
         state.lr_scale, res.cut, knobs.anesthesia_threshold, knobs.anesthesia_depth
     )
     state = state._replace(
-        inner=reset_moments(settings.inner, state.inner, res.reset),
+        inner=reset_moments(settings.inner, state.inner, reset),
         life=res.life,
         controller=ctrl,
         lr_scale=lr_scale,
         last_cut=res.cut,
         last_grown=res.grown,
     )
-    return state, res.params
+    return state, new_params
 
 
 def scheduled_surgery(

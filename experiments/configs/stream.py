@@ -1,0 +1,46 @@
+"""Stream experiment: a network learns a non-stationary MNIST-1D stream while arms prune it or
+keep it plastic (``python -m experiments.stream``).
+
+Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, ``prune``,
+``run``, ``controllers``), and:
+
+* ``stream.kind``: ``permuted_labels`` (labels re-mapped at every task switch),
+  ``permuted_inputs`` (input positions re-permuted) or ``drift`` (a smooth shift and gain).
+* ``stream.num_tasks``, ``stream.task_steps``: tasks and host steps per task (a multiple of
+  ``prune.every``); ``train.steps`` is their product and is not read.
+* ``stream.shift``, ``stream.gain``: the drift's largest shift (positions) and log-gain.
+* ``compare``: the arms, comma-separated controller names, each run over ``seeds`` seeds.
+* ``controllers``: per-arm keyword arguments. For a stream, GMP prunes to the target over the
+  first 10% of the stream and then keeps its mask (``start=0, end=0.1``); RigL and SET keep
+  moving their topology to the end (``end=1``); breathing prunes over the first 10% and swaps
+  until then; the remedies (``continual_backprop``, ``redo``, ``shrink_perturb``,
+  ``selective_forgetting``) run with their papers' defaults on the dense network.
+"""
+
+import ml_collections
+
+from experiments.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The default stream config: permuted labels, 30 tasks, five arms at 90%."""
+    c = default.get_config()
+    c.compare = "dense,continual_backprop,gmp,rigl,magistrate"
+    c.seeds = 4
+    c.stream = ml_collections.ConfigDict(
+        {"kind": "permuted_labels", "num_tasks": 30, "task_steps": 200, "shift": 10.0, "gain": 0.7}
+    )
+    c.prune.every = 50
+    c.prune.distribution = "erk"
+    c.train.steps = c.stream.num_tasks * c.stream.task_steps
+    c.controllers = ml_collections.ConfigDict(
+        {
+            "magistrate": {"policy": ""},
+            "gmp": {"start": 0.0, "end": 0.1},
+            "rigl": {"end": 1.0},
+            "set": {"end": 1.0},
+            "breathing": {"start": 0.0, "end": 0.1},
+        }
+    )
+    c.run.chunk = 5
+    return c
