@@ -9,6 +9,11 @@ Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, 
 * ``stream.num_tasks``, ``stream.task_steps``: tasks and host steps per task (a multiple of
   ``prune.every``); ``train.steps`` is their product and is not read.
 * ``stream.shift``, ``stream.gain``: the drift's largest shift (positions) and log-gain.
+* ``train.lr``: 1e-2 in the default. At Adam's usual 1e-3 a dense 256-256 MLP does *not* lose
+  plasticity over 30 permuted-label tasks of 200 steps (it keeps improving); a larger step size
+  (as in Dohare et al. 2024, where plasticity is lost faster at larger step sizes) or tasks five
+  times longer make it lose it (BUILD_NOTES.md, "Streams"). ``stream_long.py`` is the long
+  setting at 1e-3.
 * ``compare``: the arms, comma-separated controller names, each run over ``seeds`` seeds.
 * ``controllers``: per-arm keyword arguments. For a stream, GMP prunes to the target over the
   first 10% of the stream and then keeps its mask (``start=0, end=0.1``); RigL and SET keep
@@ -30,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.stream = ml_collections.ConfigDict(
         {"kind": "permuted_labels", "num_tasks": 30, "task_steps": 200, "shift": 10.0, "gain": 0.7}
     )
+    c.train.lr = 1e-2
     c.prune.every = 50
     c.prune.distribution = "erk"
     c.train.steps = c.stream.num_tasks * c.stream.task_steps

@@ -4,7 +4,8 @@ Per arm, over seeds (mean and 95% Student-t interval): the held-out accuracy at 
 task averaged over the first and over the last ``window`` tasks, the plasticity ratio
 (last-window average over first-window average, per seed), the online accuracy, the dormant
 fraction, the effective rank and the sparsity of the last task; and the paired difference of
-the last-window accuracy against ``dense`` (same seeds, same stream). Written into the work
+the last-window accuracy against ``dense`` (same seeds, same stream); the best remedy, chosen on
+the validation split's last-window accuracy. Written into the work
 directory: ``metrics.jsonl`` (one row per arm, seed and task), ``summary.json``, ``summary.md``
 and the plots ``accuracy_by_task.png`` and ``plasticity_signs.png``.
 """
@@ -43,6 +44,7 @@ def summarize(results: Sequence[ArmResult], window: int = 10) -> dict[str, dict]
             "last": _ci(last),
             "last_per_seed": last.tolist(),
             "plasticity": _ci(last / np.maximum(first, 1e-9)),
+            "val_last": _ci(m.val_accuracy[:, -w:].mean(1)),
             "online_last": _ci(m.online_accuracy[:, -w:].mean(1)),
             "dormant": _ci(m.dormant[:, -1]),
             "effective_rank": _ci(m.effective_rank[:, -1]),
@@ -53,6 +55,15 @@ def summarize(results: Sequence[ArmResult], window: int = 10) -> dict[str, dict]
             entry["last_minus_dense"] = _ci(last - base.metrics.test_accuracy[:, -w:].mean(1))
         out[r.arm] = entry
     return out
+
+
+REMEDIES = ("continual_backprop", "redo", "shrink_perturb", "selective_forgetting")
+
+
+def best_on_validation(summary: dict[str, dict], arms: Sequence[str] = REMEDIES) -> str | None:
+    """The arm among ``arms`` with the best last-window validation accuracy (``None``: none ran)."""
+    ran = [a for a in arms if a in summary]
+    return max(ran, key=lambda a: summary[a]["val_last"]["mean"]) if ran else None
 
 
 def _fmt(c: dict[str, float], digits: int = 3) -> str:
@@ -79,6 +90,9 @@ def markdown(summary: dict[str, dict]) -> str:
     lines.append(
         "\nAccuracy: held-out test examples under each task's transform, at the task's end."
     )
+    best = best_on_validation(summary)
+    if best is not None:
+        lines.append(f"Best remedy on validation (last {w} tasks): {best}.")
     return "\n".join(lines)
 
 
