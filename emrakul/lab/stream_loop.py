@@ -7,8 +7,9 @@ in :mod:`emrakul.lab.loop`, with the stream's transform applied to every minibat
 controller's monitored inputs and to the held-out examples). At a task's end it records
 
 * ``online_accuracy``: the accuracy on each training minibatch before the step learns from it,
-  averaged over the task; ``test_accuracy``: the held-out test split under the task's
-  transform; ``val_accuracy``: the validation split's (for choosing settings);
+  averaged over the task; ``train_accuracy``: the whole training split under the task's
+  transform at its end; ``test_accuracy``: the held-out test split's; ``val_accuracy``: the
+  validation split's (for choosing settings);
 * ``dormant``: the fraction of hidden units whose ReDo score is 0 on the monitored inputs (Sokar
   et al. 2023, tau = 0);
 * ``effective_rank`` of the last hidden layer's features on the monitored inputs: ``exp`` of the
@@ -57,6 +58,7 @@ class TaskMetrics(NamedTuple):
     step: jax.Array
     train_loss: jax.Array
     online_accuracy: jax.Array
+    train_accuracy: jax.Array
     val_accuracy: jax.Array
     test_accuracy: jax.Array
     dormant: jax.Array
@@ -180,6 +182,7 @@ def task_metrics(setup: StreamSetup, state: StreamState, loss, acc) -> TaskMetri
         step=step,
         train_loss=loss,
         online_accuracy=acc,
+        train_accuracy=score(setup.data.train),
         val_accuracy=score(setup.data.val),
         test_accuracy=score(setup.data.test),
         dormant=dormant,

@@ -45,6 +45,7 @@ def summarize(results: Sequence[ArmResult], window: int = 10) -> dict[str, dict]
             "last_per_seed": last.tolist(),
             "plasticity": _ci(last / np.maximum(first, 1e-9)),
             "val_last": _ci(m.val_accuracy[:, -w:].mean(1)),
+            "train_last": _ci(m.train_accuracy[:, -w:].mean(1)),
             "online_last": _ci(m.online_accuracy[:, -w:].mean(1)),
             "dormant": _ci(m.dormant[:, -1]),
             "effective_rank": _ci(m.effective_rank[:, -1]),
