@@ -111,3 +111,22 @@ def _obs():
 def test_the_shipped_policy_loads():
     controller = ctl.make("magistrate")
     assert controller.needs_vitals and controller.name == "magistrate"
+
+
+def test_a_deployment_can_keep_swapping_after_the_schedule_for_a_stream():
+    """``churn_after_end`` keeps the swap fraction after the window; off (the default), none."""
+    from emrakul.controllers.plan_decision import init_state, plan_decision
+    from emrakul.controllers.plan_space import zero_plan
+
+    obs = observation(tiny_config())
+    late = obs._replace(step=jnp.int32(30), interval=jnp.int32(10))  # window 0-0.1 of 60 ended
+    plan = zero_plan(len(obs.layer_size), region_layout(obs).num_regions)
+    for after, want in ((True, 0.05), (False, 0.0)):
+        space = PlanSpace.breathing(start=0.0, end=0.1, lyse_at_end=False, churn_after_end=after)
+        decision, _ = plan_decision(late, plan, init_state(obs), space)
+        np.testing.assert_allclose(np.asarray(decision.churn), want)
+        assert decision.lyse is None
+    stream = ctl.make("magistrate", start=0.0, end=0.1, lyse_at_end=False, churn_after_end=True)
+    assert stream.needs_activations
+    with pytest.raises(ValueError, match="unknown overrides"):
+        ctl.make("magistrate", alloc_span=3.0)

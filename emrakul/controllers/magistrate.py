@@ -119,6 +119,8 @@ def load_policy(path: str) -> tuple[Any, PlanNetwork, PlanSpace, dict[str, Any]]
     space_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sig["space"].items()}
     space = PlanSpace(**space_kwargs)
     want = signature(network, space)
+    # a space field added after the file was written takes its default (the old behaviour)
+    sig = {**sig, "space": {**want["space"], **sig["space"]}}
     diff = sorted(k for k in want if want[k] != sig.get(k))
     if diff:
         raise ValueError(
@@ -128,12 +130,25 @@ def load_policy(path: str) -> tuple[Any, PlanNetwork, PlanSpace, dict[str, Any]]
     return payload["params"], network, space, dict(payload.get("info", {}))
 
 
+#: The plan-space fields a deployment may override (the schedule, not what the policy reads).
+DEPLOY_FIELDS = ("start", "end", "lyse_at_end", "churn_after_end")
+
+
 @register("magistrate")
-def magistrate(policy: str = "") -> Controller:
+def magistrate(policy: str = "", **schedule: Any) -> Controller:
     """The learned controller from a policy file (default: the policy shipped in the package).
 
+    Args:
+      policy: the policy file (empty: the shipped one).
+      **schedule: overrides of the policy's plan-space schedule (:data:`DEPLOY_FIELDS`), e.g.
+        ``start=0.0, end=0.1, lyse_at_end=False, churn_after_end=True`` to deploy it on a
+        stream: prune early, then keep swapping and keep sedated weights wakeable.
+
     Raises:
-      ValueError: no such file, or a file made for another layout.
+      ValueError: no such file, a file made for another layout, or an unknown override.
     """
+    unknown = sorted(set(schedule) - set(DEPLOY_FIELDS))
+    if unknown:
+        raise ValueError(f"magistrate: unknown overrides {unknown}; allowed: {DEPLOY_FIELDS}")
     params, network, space, _ = load_policy(policy or SHIPPED)
-    return policy_controller(space, params, network)
+    return policy_controller(dataclasses.replace(space, **schedule), params, network)

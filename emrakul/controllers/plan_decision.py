@@ -10,8 +10,9 @@ for GMP), ``features`` the logs of :data:`~emrakul.controllers.plan_space.MIX_FE
 compute the heuristic's score bit for bit. The regrowth score is ``S * |g|^regrow``. The layer's
 sparsity follows ``s_t = s_l * (1 - (1 - p)^shape)`` over the (shifted) window, with ``s_l`` the
 final sparsity of the allocation (:mod:`emrakul.surgery.allocation`: exact counts, fixed global
-total); while the schedule runs, ``churn`` of the alive weights are offered for swapping. Weights
-leave to SEDATED; once the schedule has ended, weights still sedated are lysed.
+total); while the schedule runs (and after it, with ``PlanSpace.churn_after_end``), ``churn`` of
+the alive weights are offered for swapping. Weights leave to SEDATED; once the schedule has
+ended, weights still sedated are lysed (unless ``PlanSpace.lyse_at_end`` is off).
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def plan_decision(
     bias_tree = rg.broadcast(k.bias[: layout.num_regions], layout, fill=0.0)
     drop, grow = _scores(obs, space, k, importance, bias_tree)
     sparsity, running, started, ended = layer_sparsity(obs, space, k)
-    churn = jnp.where(running, k.churn[:num], 0.0)
+    swapping = (running | ended) if space.churn_after_end else running
+    churn = jnp.where(swapping, k.churn[:num], 0.0)
     decision = make_decision(num, sparsity, churn, drop, grow, started)
     if space.lyse_at_end:
         decision = decision._replace(lyse=jax.tree.map(lambda s: ended & is_pruned(s), obs.state))

@@ -113,6 +113,9 @@ class PlanSpace:
       bias_span: the largest |region rank bias|.
       lyse_at_end: whether weights still sedated when the schedule ends are lysed (removed for
         good: a deterministic consequence of sustained sedation, never a sampled act).
+      churn_after_end: whether swapping goes on after the schedule has reached its target (a
+        topology that keeps moving, as RigL's on a stream; sedated weights stay wakeable when
+        ``lyse_at_end`` is off). The default, off, stops it at the window's end.
     """
 
     base: str = "breathing"
@@ -129,6 +132,7 @@ class PlanSpace:
     max_temperature: float = 1.0
     bias_span: float = 2.0
     lyse_at_end: bool = True
+    churn_after_end: bool = False
 
     def __post_init__(self) -> None:
         if self.base not in BASES:

@@ -18,8 +18,11 @@ Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, 
 * ``controllers``: per-arm keyword arguments. For a stream, GMP prunes to the target over the
   first 10% of the stream and then keeps its mask (``start=0, end=0.1``); RigL and SET keep
   moving their topology to the end (``end=1``); breathing prunes over the first 10% and swaps
-  until then; the remedies (``continual_backprop``, ``redo``, ``shrink_perturb``,
-  ``selective_forgetting``) run with their papers' defaults on the dense network.
+  until then; the learned Magistrate (the shipped policy, zero-shot) is deployed with the same
+  window, keeps swapping after it and never lyses, so sedated weights stay wakeable
+  (``magistrate``'s schedule overrides); the remedies (``continual_backprop``, ``redo``,
+  ``shrink_perturb``, ``selective_forgetting``) run with their papers' defaults on the dense
+  network.
 """
 
 import ml_collections
@@ -41,7 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.steps = c.stream.num_tasks * c.stream.task_steps
     c.controllers = ml_collections.ConfigDict(
         {
-            "magistrate": {"policy": ""},
+            "magistrate": {
+                "policy": "",
+                "start": 0.0,
+                "end": 0.1,
+                "lyse_at_end": False,
+                "churn_after_end": True,
+            },
             "gmp": {"start": 0.0, "end": 0.1},
             "rigl": {"end": 1.0},
             "set": {"end": 1.0},
