@@ -12,6 +12,12 @@ distribution) and resumes from ``WORKDIR/es_state``. Writes ``es_log.jsonl``,
 ``fitness.png`` and ``policy.msgpack`` (every ``--save_every`` generations and at the end),
 which ``--config.controllers.magistrate.policy=WORKDIR/policy.msgpack`` deploys.
 
+``--stream`` (with ``--config=experiments/configs/stream.py``): ES on the config's
+non-stationary stream instead (:mod:`emrakul.lab.meta.stream_train`): the groups are MLP widths,
+the plan space is the stream's (prune early, keep swapping, never lyse) and a policy is scored
+by the mean validation accuracy over the last ``--window`` tasks. ``--init`` may then be a
+classifier policy (the shipped one: ``--init=shipped``): only its schedule differs.
+
 ``--trainer=ppo``: PPO with group-relative advantages (:mod:`emrakul.lab.meta.ppo_plans`) on the
 same compute per iteration (``--ppo_seeds`` x ``--group_size`` host runs per group; with the
 defaults 8 x 4 = the ES's 16 x 2), plans sampled around the network's output and held for
@@ -20,15 +26,16 @@ defaults 8 x 4 = the ES's 16 x 2), plans sampled around the network's output and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.agent.plan_network import PlanNetwork
-from emrakul.controllers.magistrate import load_policy, save_policy
+from emrakul.controllers.magistrate import DEPLOY_FIELDS, SHIPPED, load_policy, save_policy
 from emrakul.controllers.plan_space import PlanSpace
-from emrakul.lab.meta import es_search, es_train, ppo_plans, ppo_train
+from emrakul.lab.meta import es_search, es_train, ppo_plans, ppo_train, stream_train
 from emrakul.lab.sweeps import paired
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,6 +59,14 @@ _SIGMA = flags.DEFINE_float("sigma", 0.05, "Perturbation scale of the parameters
 _LR = flags.DEFINE_float("lr", 0.02, "Adam learning rate on the mean parameters.")
 _SEED = flags.DEFINE_integer("seed", 0, "Search seed.")
 _SAVE_EVERY = flags.DEFINE_integer("save_every", 10, "Write policy.msgpack every N generations.")
+_STREAM = flags.DEFINE_bool("stream", False, "ES on the config's stream (see the docstring).")
+_WINDOW = flags.DEFINE_integer("window", 10, "With --stream: the last tasks a policy is scored on.")
+
+
+def _schedule_free(space: PlanSpace) -> PlanSpace:
+    """``space`` with the deployment's schedule fields at the defaults (for --init checks)."""
+    default = PlanSpace(base=space.base)
+    return dataclasses.replace(space, **{f: getattr(default, f) for f in DEPLOY_FIELDS})
 
 
 def main(argv) -> None:
@@ -64,17 +79,24 @@ def main(argv) -> None:
     config.data.monitor = paired.MONITOR
     config.prune.distribution = _DIST.value
     space = PlanSpace.breathing() if _BASE.value == "breathing" else PlanSpace.gmp()
+    if _STREAM.value:
+        if "stream" not in config or _TRAINER.value != "es":
+            raise app.UsageError("--stream needs --trainer=es and a stream config "
+                                 "(--config=experiments/configs/stream.py)")  # fmt: skip
+        space = stream_train.STREAM_SPACE
     network = PlanNetwork()
-    configs = es_train.group_configs(config, _GROUPS.value)
+    configs = [] if _STREAM.value else es_train.group_configs(config, _GROUPS.value)
     params = es_train.template_params(config, network, _SEED.value)
     if _INIT.value:  # a warm start (the file's network and space must be these)
-        params, net0, space0, _ = load_policy(_INIT.value)
-        if (net0, space0) != (network, space):
+        params, net0, space0, _ = load_policy(SHIPPED if _INIT.value == "shipped" else _INIT.value)
+        same = _schedule_free(space0) == _schedule_free(space) if _STREAM.value else space0 == space
+        if net0 != network or not same:
             raise app.UsageError(f"--init {_INIT.value}: another network or plan space")
     path = os.path.join(workdir, "policy.msgpack")
-    info = {"trainer": _TRAINER.value, "groups": [name for name, _ in configs], "init": _INIT.value,
-            "sparsity": float(config.prune.sparsity), "distribution": config.prune.distribution,
-            "seed": _SEED.value}  # fmt: skip
+    names = [name for name, _ in configs] or [_GROUPS.value or "64,64"]
+    info = {"trainer": _TRAINER.value, "groups": names, "init": _INIT.value,
+            "stream": _STREAM.value, "sparsity": float(config.prune.sparsity),
+            "distribution": config.prune.distribution, "seed": _SEED.value}  # fmt: skip
 
     def report(row):
         fit = row.get("fitness_mean", row.get("val_accuracy"))
@@ -86,7 +108,12 @@ def main(argv) -> None:
             save_policy(path, mean, network, space, generation=generation + 1, **info)
 
     if _TRAINER.value == "es":
-        groups = es_train.policy_groups(configs, space, network, params)
+        if _STREAM.value:
+            widths = es_train.parse_population(_GROUPS.value or "64,64")
+            groups = stream_train.stream_groups(config, widths, network, params, space,
+                                                _WINDOW.value)  # fmt: skip
+        else:
+            groups = es_train.policy_groups(configs, space, network, params)
         cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value,
                                      _LR.value, _SEED.value)  # fmt: skip
         search = es_search.run_search(groups, params, cfg, workdir, report, on_mean=checkpoint)

@@ -32,11 +32,14 @@ class HostGroup(NamedTuple):
       trainer: the host's :class:`~emrakul.lab.loop.Trainer` (its controller reads the genome).
       write: ``write(run_state, genome) -> run_state``.
       name: a label for logs.
+      score: optional ``score(state, metrics) -> Scores`` of a finished run (a stream's
+        last-tasks accuracy); ``None``: the final validation and test evaluation.
     """
 
     trainer: Trainer
     write: Write
     name: str = ""
+    score: Callable[[Any, Any], Any] | None = None
 
 
 class Scores(NamedTuple):
@@ -52,6 +55,8 @@ def _train_one(group: HostGroup, genome: Genome, key: jax.Array) -> Scores:
     trainer = group.trainer
     state = group.write(trainer.init(key), genome)
     state, metrics = trainer.run(state, trainer.num_intervals)
+    if group.score is not None:
+        return group.score(state, metrics)
     val = trainer.evaluate(state, "val")
     test = trainer.evaluate(state, "test")
     return Scores(val["accuracy"], val["loss"], test["accuracy"], metrics.sparsity[-1])

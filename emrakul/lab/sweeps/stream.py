@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
+from emrakul import controllers as ctl
 from emrakul.lab import driver, hosts
 from emrakul.lab import stream_loop as sl
 from emrakul.lab.build import make_controller, wrapped_adam
@@ -56,9 +57,10 @@ def check_config(config: ml_collections.ConfigDict, arms: list[str]) -> streams.
     return stream
 
 
-def make_setup(config: ml_collections.ConfigDict, arm: str) -> sl.StreamSetup:
-    """The stream program's static parts for one arm."""
-    stream = check_config(config, [arm])
+def make_setup(config: ml_collections.ConfigDict, arm: str | ctl.Controller) -> sl.StreamSetup:
+    """The stream program's static parts for one arm (a controller name, or a controller such
+    as a Magistrate with parameters being meta-trained)."""
+    stream = check_config(config, [] if isinstance(arm, ctl.Controller) else [arm])
     data = hosts.load_mnist1d(
         seed=config.data.seed,
         num_samples=config.data.num_samples,
