@@ -83,7 +83,8 @@ def _fake_obs():
                     jnp.zeros((3, 3)))  # fmt: skip
 
 
-def test_ppo_iteration_runs_with_group_relative_advantages(tmp_path):
+@pytest.mark.slow  # two host groups compiled for PPO (~140 s); the advantages are tested below
+def test_ppo_iteration_runs_and_resumes(tmp_path):
     named = es_train.group_configs(tiny_config(), "16,16;8,8,8")
     groups = ppo_train.plan_groups(named, PlanSpace.breathing())
     params = es_train.template_params(tiny_config(), PlanNetwork())
@@ -99,6 +100,10 @@ def test_ppo_iteration_runs_with_group_relative_advantages(tmp_path):
     assert max(moved) > 0
     _, again = ppo_train.run_ppo(groups, PlanNetwork(), params, cfg, 1, str(tmp_path), report=None)
     assert len(again) == 1  # resumed: nothing left to do
+
+
+def test_ppo_advantages_are_relative_to_the_group():
+    cfg = ppo_plans.PlanPPOConfig(seeds=2, group_size=2, phases=2, epochs=1, num_minibatches=2)
     batch = ppo_plans._batch([(_steps(), jnp.asarray([[0.1, 0.3], [0.5, 0.5]]))], cfg)
     np.testing.assert_allclose(batch["adv"].reshape(2, 2, 2)[:, :, 0], [[-0.1, 0.1], [0, 0]])
 
