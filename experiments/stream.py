@@ -18,7 +18,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emrakul.lab.sweeps import stream, stream_report
-from experiments.train import controllers_of
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "stream.py"), "Stream config."
@@ -30,7 +29,7 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
-    arms = controllers_of(config)
+    arms = stream.arm_names(config.compare)
     stream.check_config(config, arms)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)

@@ -170,5 +170,9 @@ def test_stream_config_errors_name_the_field():
     c.stream.kind = "nope"
     with pytest.raises(ValueError, match=r"stream\.kind"):
         stream_sweep.check_config(c, ["dense"])
+    assert stream_sweep.arm_names(" dense, gmp ,") == ["dense", "gmp"]
+    assert stream_sweep.arm_names(["rigl"]) == ["rigl"]
+    with pytest.raises(ValueError, match="at least one arm"):
+        stream_sweep.arm_names(" , ")
     with pytest.raises(ValueError, match="unknown controller"):
         stream_sweep.check_config(tiny_config(), ["nope"])

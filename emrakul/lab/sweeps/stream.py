@@ -33,6 +33,20 @@ class ArmResult(NamedTuple):
     resumed_from: int
 
 
+def arm_names(compare: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The arms of ``config.compare`` (a comma-separated string or a list of names).
+
+    Raises:
+      ValueError: no arm named.
+    """
+    if isinstance(compare, str):
+        compare = compare.split(",")
+    arms = [str(a).strip() for a in compare if str(a).strip()]
+    if not arms:
+        raise ValueError("config.compare must name at least one arm")
+    return arms
+
+
 def stream_of(config: ml_collections.ConfigDict) -> streams.Stream:
     """The config's :class:`~emrakul.lab.hosts.streams.Stream` (checked, naming the field)."""
     s = config.stream
