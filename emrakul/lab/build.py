@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import optax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
+from emrakul.lab import hosts
 
 ControllerKwargs = Mapping[str, Mapping[str, Any]]
 
@@ -82,3 +84,33 @@ def wrapped_adam(
     if max_grad_norm is not None:
         inner = optax.chain(optax.clip_by_global_norm(max_grad_norm), inner)
     return wrap_mod.wrap(inner, controller, **wrap_kwargs)
+
+
+def classifier_data(config: ml_collections.ConfigDict) -> hosts.Dataset:
+    """The MNIST-1D splits of a classifier config's ``data`` fields."""
+    d = config.data
+    return hosts.load_mnist1d(seed=d.seed, num_samples=d.num_samples, val_fraction=d.val,
+                              extra_val=int(d.get("extra_val", 0)),
+                              extra_test=int(d.get("extra_test", 0)))  # fmt: skip
+
+
+def monitor_split(config: ml_collections.ConfigDict, data: hosts.Dataset) -> hosts.Split | None:
+    """The first ``data.monitor`` validation examples (``None``: the whole split)."""
+    n = int(config.data.get("monitor", 0))
+    if 0 < n < data.val.y.shape[0]:
+        return hosts.Split(data.val.x[:n], data.val.y[:n])
+    return None
+
+
+def config_adam(
+    config: ml_collections.ConfigDict, controller: ctl.Controller, total_steps: int, structure
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`wrapped_adam` with a classifier config's ``train.lr`` and ``prune`` fields."""
+    p = config.prune
+    return wrapped_adam(
+        controller, lr=config.train.lr, total_steps=total_steps, sparsity=p.sparsity,
+        distribution=p.distribution, structure=structure, every=int(p.every),
+        cooldown=p.cooldown, anesthesia_threshold=p.anesthesia.threshold,
+        anesthesia_depth=p.anesthesia.depth, anesthesia_recovery=p.anesthesia.recovery,
+        vitals_decay=p.vitals_decay,
+    )  # fmt: skip

@@ -35,7 +35,7 @@ from emrakul import vitals as vit
 from emrakul import wrapper as wrap_mod
 from emrakul._tree import path_str
 from emrakul.lab import hosts
-from emrakul.lab.build import make_controller, wrapped_adam
+from emrakul.lab.build import classifier_data, config_adam, make_controller, monitor_split
 from emrakul.lab.config import check_structure_fits, structure_from_config, validate
 from emrakul.lab.program import Program
 from emrakul.surgery.lifecycle import ALIVE
@@ -235,38 +235,16 @@ def describe(metrics: IntervalMetrics) -> str:
 
 def _setup(config: ml_collections.ConfigDict, controller: ctl.Controller) -> tuple[Setup, int]:
     """The data, host and wrapped Adam of ``config`` (checked), and the number of intervals."""
-    data = hosts.load_mnist1d(
-        seed=config.data.seed,
-        num_samples=config.data.num_samples,
-        val_fraction=config.data.val,
-        extra_val=int(config.data.get("extra_val", 0)),
-        extra_test=int(config.data.get("extra_test", 0)),
-    )
+    data = classifier_data(config)
     module = hosts.make_host(config.host.kind, tuple(config.host.width))
     structure = structure_from_config(config.prune.structure)
     shapes = jax.eval_shape(lambda k: module.init(k, data.train.x[:1]), jax.random.PRNGKey(0))
     check_structure_fits(shapes["params"], structure)
     every = int(config.prune.every)
     num_intervals = int(config.train.steps) // every
-    tx = wrapped_adam(
-        controller,
-        lr=config.train.lr,
-        total_steps=num_intervals * every,
-        sparsity=config.prune.sparsity,
-        distribution=config.prune.distribution,
-        structure=structure,
-        every=every,
-        cooldown=config.prune.cooldown,
-        anesthesia_threshold=config.prune.anesthesia.threshold,
-        anesthesia_depth=config.prune.anesthesia.depth,
-        anesthesia_recovery=config.prune.anesthesia.recovery,
-        vitals_decay=config.prune.vitals_decay,
-    )
+    tx = config_adam(config, controller, num_intervals * every, structure)
     batch = int(config.train.batch_size)
-    n_monitor = int(config.data.get("monitor", 0))
-    monitor = None
-    if 0 < n_monitor < data.val.y.shape[0]:
-        monitor = hosts.Split(data.val.x[:n_monitor], data.val.y[:n_monitor])
+    monitor = monitor_split(config, data)
     setup = Setup(module, data, tx, batch, every, controller.needs_activations, monitor)
     return setup, num_intervals
 

@@ -18,7 +18,7 @@ import numpy as np
 from emrakul import controllers as ctl
 from emrakul.lab import driver, hosts
 from emrakul.lab import stream_loop as sl
-from emrakul.lab.build import make_controller, wrapped_adam
+from emrakul.lab.build import classifier_data, config_adam, make_controller, monitor_split
 from emrakul.lab.config import structure_from_config, validate
 from emrakul.lab.hosts import streams
 
@@ -75,34 +75,13 @@ def make_setup(config: ml_collections.ConfigDict, arm: str | ctl.Controller) -> 
     """The stream program's static parts for one arm (a controller name, or a controller such
     as a Magistrate with parameters being meta-trained)."""
     stream = check_config(config, [] if isinstance(arm, ctl.Controller) else [arm])
-    data = hosts.load_mnist1d(
-        seed=config.data.seed,
-        num_samples=config.data.num_samples,
-        val_fraction=config.data.val,
-        extra_val=int(config.data.get("extra_val", 0)),
-        extra_test=int(config.data.get("extra_test", 0)),
-    )
+    data = classifier_data(config)
     module = hosts.make_host(config.host.kind, tuple(config.host.width))
     controller = make_controller(arm, config.get("controllers", {}))
     every = int(config.prune.every)
-    tx = wrapped_adam(
-        controller,
-        lr=config.train.lr,
-        total_steps=stream.num_tasks * stream.task_steps,
-        sparsity=config.prune.sparsity,
-        distribution=config.prune.distribution,
-        structure=structure_from_config(config.prune.structure),
-        every=every,
-        cooldown=config.prune.cooldown,
-        anesthesia_threshold=config.prune.anesthesia.threshold,
-        anesthesia_depth=config.prune.anesthesia.depth,
-        anesthesia_recovery=config.prune.anesthesia.recovery,
-        vitals_decay=config.prune.vitals_decay,
-    )
-    n_monitor = int(config.data.get("monitor", 0))
-    monitor = data.val
-    if 0 < n_monitor < data.val.y.shape[0]:
-        monitor = hosts.Split(data.val.x[:n_monitor], data.val.y[:n_monitor])
+    total = stream.num_tasks * stream.task_steps
+    tx = config_adam(config, controller, total, structure_from_config(config.prune.structure))
+    monitor = monitor_split(config, data) or data.val
     wants = controller.needs_activations
     return sl.StreamSetup(module, data, stream, tx, int(config.train.batch_size), every, wants,
                           monitor)  # fmt: skip
