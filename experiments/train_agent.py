@@ -16,7 +16,9 @@ which ``--config.controllers.magistrate.policy=WORKDIR/policy.msgpack`` deploys.
 non-stationary stream instead (:mod:`emrakul.lab.meta.stream_train`): the groups are MLP widths,
 the plan space is the stream's (prune early, keep swapping, never lyse) and a policy is scored
 by the mean validation accuracy over the last ``--window`` tasks. ``--init`` may then be a
-classifier policy (the shipped one: ``--init=shipped``): only its schedule differs.
+classifier policy (the shipped one: ``--init=shipped``): only its schedule differs;
+``--remedy=continual_backprop`` runs that remedy beside the policy (deploy the result as
+``magistrate+continual_backprop``).
 
 ``--trainer=ppo``: PPO with group-relative advantages (:mod:`emrakul.lab.meta.ppo_plans`) on the
 same compute per iteration (``--ppo_seeds`` x ``--group_size`` host runs per group; with the
@@ -61,6 +63,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Search seed.")
 _SAVE_EVERY = flags.DEFINE_integer("save_every", 10, "Write policy.msgpack every N generations.")
 _STREAM = flags.DEFINE_bool("stream", False, "ES on the config's stream (see the docstring).")
 _WINDOW = flags.DEFINE_integer("window", 10, "With --stream: the last tasks a policy is scored on.")
+_REMEDY = flags.DEFINE_string("remedy", "", "With --stream: a plasticity remedy run beside it.")
 
 
 def _schedule_free(space: PlanSpace) -> PlanSpace:
@@ -95,8 +98,9 @@ def main(argv) -> None:
     path = os.path.join(workdir, "policy.msgpack")
     names = [name for name, _ in configs] or [_GROUPS.value or "64,64"]
     info = {"trainer": _TRAINER.value, "groups": names, "init": _INIT.value,
-            "stream": _STREAM.value, "sparsity": float(config.prune.sparsity),
-            "distribution": config.prune.distribution, "seed": _SEED.value}  # fmt: skip
+            "stream": _STREAM.value, "remedy": _REMEDY.value,
+            "sparsity": float(config.prune.sparsity), "distribution": config.prune.distribution,
+            "seed": _SEED.value}  # fmt: skip
 
     def report(row):
         fit = row.get("fitness_mean", row.get("val_accuracy"))
@@ -111,7 +115,7 @@ def main(argv) -> None:
         if _STREAM.value:
             widths = es_train.parse_population(_GROUPS.value or "64,64")
             groups = stream_train.stream_groups(config, widths, network, params, space,
-                                                _WINDOW.value)  # fmt: skip
+                                                _WINDOW.value, _REMEDY.value)  # fmt: skip
         else:
             groups = es_train.policy_groups(configs, space, network, params)
         cfg = es_search.SearchConfig(_POP.value, _SEEDS.value, _GENS.value, _SIGMA.value,

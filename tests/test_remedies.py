@@ -278,3 +278,33 @@ def test_a_rewrite_goes_through_wrap_with_moments_restarted():
     assert not np.allclose(
         np.asarray(after["Dense_0"]["kernel"]), np.asarray(before["Dense_0"]["kernel"])
     )
+
+
+# ------------------------------------------------------------------------ with a pruner
+
+
+def test_a_pruner_with_a_remedy_prunes_and_rewrites(rng):
+    """``gmp+continual_backprop``: GMP's schedule and scores, continual backprop's rewrite."""
+    params = stack()
+    both = ctl.make("gmp+continual_backprop")
+    assert both.name == "gmp+continual_backprop" and both.needs_activations
+    gmp = ctl.make("gmp")
+    obs = obs_of(params, 5000, activations=_scores(rng))
+    obs = obs._replace(target=jnp.full((3,), 0.8, jnp.float32))
+    state = both.init(params, obs)
+    dec, new = jax.jit(lambda s: both.decide(obs, s))(state)
+    ref, _ = gmp.decide(obs, gmp.init(params, obs))
+    np.testing.assert_allclose(np.asarray(dec.sparsity), np.asarray(ref.sparsity))
+    assert bool(dec.operate) and dec.rewrite is not None
+    assert int(new.remedy.age[0][0]) == 50 and not bool(state.pruner.fired)
+
+
+def test_combined_names_are_checked():
+    assert ctl.known("breathing+shrink_perturb") and not ctl.known("breathing+nope")
+    assert not ctl.known("a+b+c") and ctl.known("gmp")
+    with pytest.raises(ValueError, match="'pruner\\+remedy'"):
+        ctl.make("gmp+redo+set")
+    with pytest.raises(ValueError, match="keyword arguments to each part"):
+        ctl.make("gmp+redo", tau=0.2)
+    with pytest.raises(ValueError, match="must be a dense controller"):
+        ctl.make("gmp+l0")

@@ -28,7 +28,16 @@ from emrakul.controllers.planned import planned
 from emrakul.controllers.magistrate import magistrate
 
 # isort: on
-from emrakul.controllers.registry import NAMES, factory, make, names, register, unregister
+from emrakul.controllers.registry import (
+    NAMES,
+    factory,
+    known,
+    make,
+    names,
+    register,
+    unregister,
+)
+from emrakul.controllers.with_remedy import with_remedy
 
 __all__ = [
     "NAMES",
@@ -43,6 +52,7 @@ __all__ = [
     "gmp",
     "gsnr",
     "harmonic",
+    "known",
     "l0",
     "magistrate",
     "make",
@@ -58,4 +68,5 @@ __all__ = [
     "snip",
     "unregister",
     "variational_units",
+    "with_remedy",
 ]

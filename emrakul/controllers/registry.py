@@ -103,10 +103,31 @@ def factory(name: str) -> Factory:
 def make(name: str, **kwargs: Any) -> Controller:
     """The controller called ``name`` (one of :data:`NAMES`) with keyword arguments ``kwargs``.
 
+    ``"pruner+remedy"`` names a pruning controller with a plasticity remedy
+    (:func:`emrakul.controllers.with_remedy.with_remedy`), both with their defaults.
+
     Raises:
-      ValueError: unknown name.
+      ValueError: unknown name, or keyword arguments for a combined name.
     """
+    from emrakul.controllers.with_remedy import split_name, with_remedy
+
+    parts = split_name(name)
+    if parts is not None:
+        if kwargs:
+            raise ValueError(f"'{name}': pass keyword arguments to each part (lab configs do)")
+        return with_remedy(factory(parts[0])(), factory(parts[1])())
     return factory(name)(**kwargs)
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is registered, or is ``"pruner+remedy"`` of two registered names."""
+    from emrakul.controllers.with_remedy import split_name
+
+    try:
+        parts = split_name(name)
+    except ValueError:
+        return False
+    return all(p in _FACTORIES for p in (parts or (name,)))
 
 
 class _Names(Sequence):

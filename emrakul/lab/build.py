@@ -17,6 +17,7 @@ import optax
 
 from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
+from emrakul.controllers.with_remedy import split_name, with_remedy
 from emrakul.lab import hosts
 
 ControllerKwargs = Mapping[str, Mapping[str, Any]]
@@ -43,7 +44,12 @@ def make_controller(
         return controller
     if not isinstance(controller, str):
         raise ValueError(f"controller must be a name or a Controller, got {controller!r}")
-    return ctl.make(controller, **dict((kwargs_by_name or {}).get(controller, {})))
+    kwargs = kwargs_by_name or {}
+    parts = split_name(controller)
+    if parts is not None:  # "pruner+remedy": each part with its own keyword arguments
+        pruner, remedy = (ctl.make(p, **dict(kwargs.get(p, {}))) for p in parts)
+        return with_remedy(pruner, remedy)
+    return ctl.make(controller, **dict(kwargs.get(controller, {})))
 
 
 def schedule_kwargs(start: float, end: float) -> dict[str, dict[str, float]]:

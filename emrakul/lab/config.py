@@ -51,7 +51,8 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
     """Raises ``ValueError`` naming the first invalid field of ``config``."""
     names = list(controllers) if controllers is not None else [config.controller]
     for name in names:
-        _need(name in ctl.NAMES, "controller", f"unknown controller '{name}'; use {ctl.NAMES}")
+        _need(ctl.known(name), "controller", f"unknown controller '{name}'; use {ctl.NAMES} "
+              "or 'pruner+remedy'")  # fmt: skip
     p = config.prune
     _need(0.0 <= float(p.sparsity) < 1.0, "prune.sparsity", f"must lie in [0, 1), got {p.sparsity}")
     _need(
