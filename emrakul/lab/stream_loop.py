@@ -13,8 +13,8 @@ controller's monitored inputs and to the held-out examples). At a task's end it 
 * ``dormant``: the fraction of hidden units whose ReDo score is 0 on the monitored inputs (Sokar
   et al. 2023, tau = 0);
 * ``effective_rank`` of the last hidden layer's features on the monitored inputs: ``exp`` of the
-  entropy of the normalised singular values (Roy & Vetterli 2007, as used by Dohare et al. 2024).
-  The SVD runs in NumPy through ``jax.pure_callback`` once per task (LAPACK batched inside
+  entropy of the normalised singular values (Roy & Vetterli 2007, as used by Dohare et al. 2024),
+  computed in NumPy through ``jax.pure_callback`` once per task (LAPACK batched inside
   ``jit(vmap)`` can deadlock XLA:CPU);
 * ``weight_norm`` of the effective (masked) weights, ``sparsity`` and ``alive`` weights.
 
@@ -25,6 +25,7 @@ every host by :mod:`emrakul.lab.driver` (``make_stream(...).program``).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -39,6 +40,8 @@ from emrakul.lab import hosts
 from emrakul.lab.hosts import streams
 from emrakul.lab.program import Program
 from emrakul.surgery.lifecycle import ALIVE
+
+_LAPACK = threading.Lock()
 
 
 class StreamState(NamedTuple):
@@ -141,7 +144,14 @@ def effective_rank(features: jax.Array) -> jax.Array:
         h = np.asarray(h, np.float64)
         if not np.all(np.isfinite(h)):
             return np.float32(np.nan)
-        s = np.linalg.svd(h, compute_uv=False)
+        scale = np.abs(h).max()  # the rank is scale-free; LAPACK's gesdd fails on extreme scales
+        if not scale > 0:
+            return np.float32(0.0)
+        h = h / scale
+        # singular values from the Gram matrix's eigenvalues (LAPACK's gesdd printed DLASCL
+        # errors and returned zeros on some dead-unit feature matrices; syevd does not)
+        with _LAPACK:
+            s = np.sqrt(np.clip(np.linalg.eigvalsh(h.T @ h), 0.0, None))
         total = s.sum()
         if not total > 0:
             return np.float32(0.0)
