@@ -176,3 +176,18 @@ def test_stream_config_errors_name_the_field():
         stream_sweep.arm_names(" , ")
     with pytest.raises(ValueError, match="unknown controller"):
         stream_sweep.check_config(tiny_config(), ["nope"])
+
+
+def test_the_long_setting_and_combined_arms_validate():
+    from emrakul.lab.build import make_controller
+    from experiments.configs import stream_long
+
+    c = stream_long.get_config()
+    stream = stream_sweep.check_config(c, stream_sweep.arm_names(c.compare))
+    assert (stream.num_tasks, stream.task_steps, c.train.lr) == (100, 1000, 1e-3)
+    stream_sweep.check_config(tiny_config(), ["breathing+continual_backprop"])
+    kwargs = {"breathing": {"start": 0.0, "end": 0.5}, "continual_backprop": {"maturity": 7}}
+    both = make_controller("breathing+continual_backprop", kwargs)
+    assert both.name == "breathing+continual_backprop" and both.needs_activations
+    with pytest.raises(ValueError, match="unknown controller"):
+        stream_sweep.check_config(tiny_config(), ["breathing+nope"])
