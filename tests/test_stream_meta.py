@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from emrakul.agent.plan_network import PlanNetwork
+from emrakul.controllers.magistrate import SHIPPED, load_policy
 from emrakul.lab import stream_loop as sl
 from emrakul.lab.meta import es, es_train, stream_train
 from experiments.configs import stream as stream_config
@@ -32,7 +33,7 @@ def test_the_score_is_the_mean_over_the_last_tasks():
 
 
 def test_stream_groups_check_the_window_and_the_stream():
-    params = es_train.template_params(tiny_config(), PlanNetwork())
+    params, _, _, _ = load_policy(SHIPPED)  # any parameters of the network (no compilation)
     with pytest.raises(ValueError, match="window must lie in"):
         stream_train.stream_groups(tiny_config(), [(8, 8)], PlanNetwork(), params, window=5)
     c = tiny_config()
