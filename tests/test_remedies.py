@@ -308,3 +308,7 @@ def test_combined_names_are_checked():
         ctl.make("gmp+redo", tau=0.2)
     with pytest.raises(ValueError, match="must be a dense controller"):
         ctl.make("gmp+l0")
+    params = stack()
+    twice = ctl.make("continual_backprop+shrink_perturb")
+    with pytest.raises(ValueError, match="rewrites weights itself"):
+        twice.decide(obs_of(params), twice.init(params, obs_of(params)))

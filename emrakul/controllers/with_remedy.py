@@ -52,6 +52,11 @@ def with_remedy(pruner: Controller, remedy: Controller) -> Controller:
 
     def decide(obs: Observation, state: WithRemedyState):
         decision, p_state = pruner.decide(obs, state.pruner)
+        if getattr(decision, "rewrite", None) is not None:
+            raise ValueError(
+                f"'{pruner.name}' rewrites weights itself; combine a pruning controller with "
+                "one remedy"
+            )
         fix, r_state = remedy.decide(obs, state.remedy)
         return decision._replace(rewrite=fix.rewrite), WithRemedyState(p_state, r_state)
 
