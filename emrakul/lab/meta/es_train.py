@@ -23,6 +23,7 @@ from emrakul.controllers.magistrate import policy_controller
 from emrakul.controllers.plan_decision import region_layout
 from emrakul.controllers.plan_space import PlanSpace
 from emrakul.controllers.planned import plan_controller
+from emrakul.controllers.with_remedy import WithRemedyState
 from emrakul.lab.hosts import presets
 from emrakul.lab.loop import RunState, make_train
 from emrakul.lab.meta.es import HostGroup
@@ -88,8 +89,13 @@ def template_params(config: ml_collections.ConfigDict, network: PlanNetwork, see
 
 
 def write_params(state: RunState, params: Any) -> RunState:
-    """``state`` with ``params`` in its Magistrate's controller state."""
-    ctrl = state.opt_state.controller._replace(params=params)
+    """``state`` with ``params`` in its Magistrate's controller state (also inside
+    :func:`~emrakul.controllers.with_remedy.with_remedy`); any host state with an ``opt_state``."""
+    ctrl = state.opt_state.controller
+    if isinstance(ctrl, WithRemedyState):
+        ctrl = ctrl._replace(pruner=ctrl.pruner._replace(params=params))
+    else:
+        ctrl = ctrl._replace(params=params)
     return state._replace(opt_state=state.opt_state._replace(controller=ctrl))
 
 

@@ -20,24 +20,15 @@ from emrakul import controllers as ctl
 from emrakul.agent.plan_network import PlanNetwork
 from emrakul.controllers.magistrate import policy_controller
 from emrakul.controllers.plan_space import PlanSpace
-from emrakul.controllers.with_remedy import WithRemedyState, with_remedy
+from emrakul.controllers.with_remedy import with_remedy
 from emrakul.lab import stream_loop as sl
 from emrakul.lab.meta.es import HostGroup, Scores
+from emrakul.lab.meta.es_train import write_params
 from emrakul.lab.sweeps import stream as stream_sweep
 
 #: The plan space the stream policy acts in (its neutral action: breathing over the first tenth
 #: of the stream, then swapping 5% per surgery forever, nothing lysed).
 STREAM_SPACE = PlanSpace.breathing(start=0.0, end=0.1, lyse_at_end=False, churn_after_end=True)
-
-
-def write_policy(state: sl.StreamState, params: Any) -> sl.StreamState:
-    """``state`` with ``params`` in its Magistrate's state (also inside ``with_remedy``)."""
-    ctrl = state.opt_state.controller
-    if isinstance(ctrl, WithRemedyState):
-        ctrl = ctrl._replace(pruner=ctrl.pruner._replace(params=params))
-    else:
-        ctrl = ctrl._replace(params=params)
-    return state._replace(opt_state=state.opt_state._replace(controller=ctrl))
 
 
 class StreamTrainer(NamedTuple):
@@ -94,5 +85,5 @@ def stream_groups(
         program = sl.make_program(setup)
         trainer = StreamTrainer(program.init, program.run, program.num_intervals)
         name = ",".join(map(str, w))
-        groups.append(HostGroup(trainer, write_policy, name, last_tasks_score(window)))
+        groups.append(HostGroup(trainer, write_params, name, last_tasks_score(window)))
     return groups
