@@ -10,7 +10,13 @@ import pytest
 import emrakul
 from emrakul import controllers as ctl
 from emrakul.controllers.base import Observation
-from emrakul.controllers.unit_reset import hidden_layers, lowest, outgoing_magnitude, reinit_units
+from emrakul.controllers.unit_reset import (
+    hidden_layers,
+    live_units,
+    lowest,
+    outgoing_magnitude,
+    reinit_units,
+)
 from emrakul.surgery import lifecycle
 from emrakul.surgery.lifecycle import ALIVE, LYSED
 from emrakul.surgery.rewrite import Rewrite, apply_rewrite, check_rewrite, identity
@@ -123,6 +129,34 @@ def test_hidden_layers_and_outgoing_magnitude():
         hidden_layers({"Dense_0": {"kernel": jnp.zeros((2, 2))}})
 
 
+def _random_life(params, rng, p_dead=0.6):
+    """A lifecycle with most weights SEDATED or LYSED, some units wholly cut off."""
+    state = {}
+    for name, layer in params.items():
+        k = rng.choice([ALIVE, 1, LYSED], size=layer["kernel"].shape, p=[1 - p_dead, 0.3, 0.3])
+        k[:, 0] = LYSED  # unit 0 has no incoming weight
+        state[name] = {"kernel": jnp.asarray(k, jnp.int8), "bias": jnp.int8(ALIVE)}
+    return state
+
+
+def test_live_units_and_masked_outgoing_magnitude_match_numpy(rng):
+    params = stack()
+    life = _random_life(params, rng)
+    for prod, cons in hidden_layers(params):
+        k_in = np.asarray(life[prod]["kernel"]) == ALIVE
+        k_out = np.asarray(life[cons]["kernel"]) == ALIVE
+        ref = np.array([k_in[:, i].any() and k_out[i, :].any() for i in range(k_in.shape[1])])
+        got = jax.jit(lambda p, s, a=prod, b=cons: live_units(p, s, a, b))(params, life)
+        np.testing.assert_array_equal(np.asarray(got), ref)
+        assert not ref[0]
+        w = np.abs(np.asarray(params[cons]["kernel"])) * k_out
+        np.testing.assert_allclose(
+            outgoing_magnitude(params, prod, cons, life), w.sum(1), rtol=1e-6
+        )
+    assert np.all(np.asarray(live_units(params, life_of(params), "Dense_0", "Dense_1")))
+    assert np.all(np.asarray(live_units(params, None, "Dense_0", "Dense_1")))
+
+
 # ------------------------------------------------------------------------------ controllers
 
 
@@ -165,6 +199,22 @@ def test_continual_backprop_replaces_lowest_utility_mature_units(rng):
     )
     assert not np.any(np.asarray(dec.rewrite.reset["Dense_2"]["bias"]))  # outputs never reset
     assert not bool(dec.operate)
+
+
+def test_continual_backprop_in_a_sparse_network_replaces_live_units_only(rng):
+    """Units the pruner cut off have utility 0; they must not take the replacements."""
+    params = stack()
+    life = _random_life(params, rng)
+    c = ctl.make("continual_backprop", replacement_rate=0.05, decay=0.0, maturity=0)
+    acts = _scores(rng)
+    state = c.init(params, obs_of(params, state=life))
+    dec, _ = c.decide(obs_of(params, activations=acts, interval=20, state=life), state)
+    for prod, cons in hidden_layers(params):
+        live = np.asarray(live_units(params, life, prod, cons))
+        cols = np.asarray(dec.rewrite.reset[prod]["kernel"])[0]
+        owed = int(np.floor(0.05 * 20 * live.sum() + 1e-6))
+        assert cols.sum() == min(owed, live.sum()) > 0
+        assert not np.any(cols & ~live)
 
 
 def test_continual_backprop_under_vmap(rng):

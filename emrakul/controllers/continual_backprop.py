@@ -13,7 +13,10 @@ Here the utility is updated once per surgery interval from the training loop's a
 statistics (the observation's ReDo score, the mean ``|h_i|`` over the monitored inputs divided by
 the layer's mean; the per-layer scale does not change the ranking inside a layer), with the
 decay raised to the interval's power, rather than on every step's minibatch as in the paper.
-It never prunes: it is the dense network's remedy (``needs_activations``).
+It never prunes: it is the dense network's remedy (``needs_activations``). Combined with a
+pruner (:mod:`emrakul.controllers.with_remedy`) it counts only ALIVE outgoing weights and
+replaces only live units (:func:`~emrakul.controllers.unit_reset.live_units`): a unit the pruner
+cut off has utility 0 and would otherwise take every replacement, uselessly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from emrakul.controllers.registry import register
 from emrakul.controllers.unit_reset import (
     hidden_layers,
     hold,
+    live_units,
     lowest,
     outgoing_magnitude,
     reinit_units,
@@ -79,10 +83,10 @@ def continual_backprop(
         d = jnp.power(jnp.float32(decay), steps)
         marked, utility, age, owed = {}, [], [], []
         for j, (name, consumer) in enumerate(hidden_layers(obs.params)):
-            contrib = unit_scores(obs, name) * outgoing_magnitude(obs.params, name, consumer)
-            u = d * state.utility[j] + (1.0 - d) * contrib
+            outgoing = outgoing_magnitude(obs.params, name, consumer, obs.state)
+            u = d * state.utility[j] + (1.0 - d) * unit_scores(obs, name) * outgoing
             a = state.age[j] + steps.astype(jnp.int32)
-            mature = a > maturity
+            mature = (a > maturity) & live_units(obs.params, obs.state, name, consumer)
             due = state.owed[j] + rate * steps * jnp.sum(mature)
             pay = jnp.floor(due + 1e-6)  # 0.01 * 20 * 5 is 0.99999 in float32
             out = lowest(u, mature, pay)

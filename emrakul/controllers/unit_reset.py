@@ -22,6 +22,7 @@ from emrakul._tree import PyTree
 from emrakul.controllers.base import Decision, Observation, leaf_scores, make_decision
 from emrakul.controllers.basic import current_sparsity
 from emrakul.export.stack import consumer_view, layer_names
+from emrakul.surgery.lifecycle import ALIVE
 from emrakul.surgery.rewrite import Rewrite, identity
 
 # Flax's lecun_normal: a normal truncated at two standard deviations, rescaled to unit variance.
@@ -53,11 +54,38 @@ def unit_count(params: Mapping, name: str) -> int:
     return int(jnp.shape(params[name]["kernel"])[-1])
 
 
-def outgoing_magnitude(params: Mapping, producer: str, consumer: str) -> jax.Array:
-    """``sum_k |w_ik|`` over the consumer's weights reading each producer unit ``i`` ([units])."""
+def _alive(state: Mapping | None, name: str, shape: tuple) -> jax.Array:
+    """bool ``shape``: True where layer ``name``'s kernel weight is ALIVE (all True when the
+    lifecycle is absent or the layer is not pruned, its scalar marker)."""
+    if state is None:
+        return jnp.ones(shape, jnp.bool_)
+    return jnp.broadcast_to(jnp.asarray(state[name]["kernel"]) == ALIVE, shape)
+
+
+def outgoing_magnitude(
+    params: Mapping, producer: str, consumer: str, state: Mapping | None = None
+) -> jax.Array:
+    """``sum_k |w_ik|`` over the consumer's ALIVE weights reading each producer unit ``i``
+    ([units]; sedated weights, which hold learned values behind a zero mask, do not count)."""
     width = unit_count(params, producer)
-    view = consumer_view(producer, consumer, jnp.abs(params[consumer]["kernel"]), width)
-    return jnp.sum(view, axis=(0, 2))
+    kernel = params[consumer]["kernel"]
+    w = jnp.where(_alive(state, consumer, kernel.shape), jnp.abs(kernel), 0.0)
+    return jnp.sum(consumer_view(producer, consumer, w, width), axis=(0, 2))
+
+
+def live_units(params: Mapping, state: Mapping | None, producer: str, consumer: str) -> jax.Array:
+    """bool ``[units]``: the producer's units with an ALIVE incoming and an ALIVE outgoing weight.
+
+    A unit the pruner has cut off (all its incoming or outgoing weights masked) computes nothing
+    a re-initialisation could revive, since the masks zero its fresh weights; a remedy in a sparse
+    network (:mod:`emrakul.controllers.with_remedy`) spends its replacements on live units only.
+    Without a lifecycle (a dense network) every unit is live.
+    """
+    k_in, k_out = params[producer]["kernel"], params[consumer]["kernel"]
+    width = unit_count(params, producer)
+    incoming = jnp.any(_alive(state, producer, k_in.shape).reshape(-1, width), axis=0)
+    out = consumer_view(producer, consumer, _alive(state, consumer, k_out.shape), width)
+    return incoming & jnp.any(out, axis=(0, 2))
 
 
 def _rows_of(params: Mapping, producer: str, consumer: str, units: jax.Array) -> jax.Array:
