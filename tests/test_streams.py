@@ -149,6 +149,8 @@ def test_the_report_pairs_arms_with_dense_and_writes_its_files(tmp_path):
         summary["dense"]["plasticity"]["mean"], (0.45 / 0.6 + 0.55 / 0.65) / 2
     )
     np.testing.assert_allclose(summary["continual_backprop"]["last_minus_dense"]["mean"], 0.175)
+    np.testing.assert_allclose(summary["dense"]["last_minus_best_remedy"]["mean"], -0.175)
+    assert "last_minus_best_remedy" not in summary["continual_backprop"]
     table = stream_report.markdown(summary)
     assert "Best remedy on validation (last 2 tasks): continual_backprop." in table
     assert "| dense | 2 |" in table and "| continual_backprop | 2 | 0.625 ± " in table

@@ -19,6 +19,7 @@ from emrakul import controllers as ctl
 from emrakul import wrapper as wrap_mod
 from emrakul.controllers.with_remedy import split_name, with_remedy
 from emrakul.lab import hosts
+from emrakul.wrapper.settings import VITALS_EVERY
 
 ControllerKwargs = Mapping[str, Mapping[str, Any]]
 
@@ -118,5 +119,6 @@ def config_adam(
         distribution=p.distribution, structure=structure, every=int(p.every),
         cooldown=p.cooldown, anesthesia_threshold=p.anesthesia.threshold,
         anesthesia_depth=p.anesthesia.depth, anesthesia_recovery=p.anesthesia.recovery,
-        vitals_decay=p.vitals_decay,
+        vitals_decay=p.vitals_decay, vitals_every=int(p.get("vitals_every", VITALS_EVERY)),
+        compact_vitals=bool(p.get("compact_vitals", False)),
     )  # fmt: skip

@@ -72,6 +72,7 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
     _need(int(p.every) >= 1, "prune.every", f"the surgery interval must be >= 1, got {p.every}")
     _need(int(p.cooldown) >= 0, "prune.cooldown", f"must be >= 0, got {p.cooldown}")
     _need(0.0 < float(p.vitals_decay) < 1.0, "prune.vitals_decay", "must lie in (0, 1)")
+    _need(int(p.get("vitals_every", 1)) >= 1, "prune.vitals_every", "must be >= 1 host step")
     a = p.anesthesia
     _need(0.0 < float(a.depth) <= 1.0, "prune.anesthesia.depth", "must lie in (0, 1]")
     _need(0.0 <= float(a.recovery) <= 1.0, "prune.anesthesia.recovery", "must lie in [0, 1]")

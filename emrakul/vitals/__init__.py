@@ -13,9 +13,10 @@ from emrakul.vitals.activations import ActivationStats, activation_stats, activa
 from emrakul.vitals.hessian import hessian_diag
 from emrakul.vitals.signals import corrected, fisher, grad_mean, gsnr, magnitude, saliency
 from emrakul.vitals.state import VitalsState, init, update
-from emrakul.vitals.statistics import STATISTICS, LeafContext, Statistic
+from emrakul.vitals.statistics import COMPACT_STATISTICS, STATISTICS, LeafContext, Statistic
 
 __all__ = [
+    "COMPACT_STATISTICS",
     "STATISTICS",
     "ActivationStats",
     "LeafContext",

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from emrakul._tree import PyTree, check_same_structure
 from emrakul.vitals.state import FIELDS, VitalsState
+from emrakul.vitals.statistics import stat_dtype
 
 _tmap = jax.tree_util.tree_map
 
@@ -32,7 +33,8 @@ def _correction(debias: jax.Array) -> jax.Array:
 
 def _corrected(ema: PyTree, state: VitalsState) -> PyTree:
     def one(x, debias):
-        return x * _correction(debias).astype(x.dtype)
+        dt = stat_dtype(x.dtype)  # a compact (bfloat16) EMA is corrected in float32
+        return x.astype(dt) * _correction(debias).astype(dt)
 
     return _tmap(one, ema, state.debias)
 
@@ -50,7 +52,7 @@ def corrected(state: VitalsState, name: str) -> PyTree:
       name: the statistic, a field of the state or a key of ``state.extra``.
 
     Returns:
-      A pytree shaped like the params (dtype of the statistic).
+      A pytree shaped like the params (the statistic's dtype, at least float32).
 
     Raises:
       KeyError: if the state holds no statistic ``name``.
@@ -72,7 +74,7 @@ def grad_mean(state: VitalsState) -> PyTree:
       state: running statistics from :func:`emrakul.vitals.update`.
 
     Returns:
-      A pytree shaped like the params (dtype of the statistics).
+      A pytree shaped like the params (the statistics' dtype, at least float32).
     """
     return corrected(state, "grad_mean")
 
@@ -124,7 +126,8 @@ def gsnr(state: VitalsState, eps: float | jax.Array = 1e-6) -> PyTree:
     check_same_structure(state.grad_mean, state.debias, "state.grad_mean", "state.debias")
 
     def one(m, v, debias):
-        dt = m.dtype
+        dt = stat_dtype(m.dtype)
+        m, v = m.astype(dt), v.astype(dt)
         scale = _correction(debias).astype(dt)
         mean = m * scale
         signal = mean * mean

@@ -25,6 +25,7 @@ import numpy as np
 from emrakul._tree import PyTree, check_floating, check_same_structure, path_str
 from emrakul.vitals.statistics import (
     AGE_MAX,
+    COMPACT_STATISTICS,
     STATISTICS,
     LeafContext,
     Statistic,
@@ -33,6 +34,7 @@ from emrakul.vitals.statistics import (
 
 __all__ = [
     "AGE_MAX",
+    "COMPACT_STATISTICS",
     "STATISTICS",
     "VitalsState",
     "init",
@@ -204,7 +206,7 @@ def _leaf_update(
     def leaf_update(*args: jax.Array) -> tuple[jax.Array, ...]:
         *values, w, g, mask = args
         prev = dict(zip(names, values, strict=True))
-        g = g.astype(prev["grad_mean"].dtype)
+        g = g.astype(stat_dtype(prev["grad_mean"].dtype))
         # One reduction per leaf. A sum is non-finite iff an element is NaN/Inf (NaN and Inf
         # propagate through additions, Inf + -Inf is NaN) or if it overflows, which needs an
         # element beyond float-max / size, whose square already overflows grad_sq: skipping is

@@ -58,7 +58,7 @@ def init_state(settings: WrapSettings, params: PyTree) -> EmrakulState:
     controller = settings.controller
     key = jax.random.PRNGKey(settings.seed)
     step = jnp.int32(0)
-    vitals = vit.init(params) if controller.needs_vitals else None
+    vitals = vit.init(params, settings.vitals_statistics) if controller.needs_vitals else None
     health = init_health()
     obs = observation(
         params,

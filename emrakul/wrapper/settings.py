@@ -17,10 +17,15 @@ from typing import Any
 import numpy as np
 import optax
 
+from emrakul import vitals as vit
 from emrakul._tree import Filter
 from emrakul.controllers.base import Controller
 from emrakul.masks.structures import Structure, Unstructured, check_structure
 from emrakul.surgery.budgets import check_budget
+
+VITALS_EVERY = 10
+"""The default period of the vital signs' update (``wrap(..., vitals_every=...)``): the step with
+vital signs and masks within 5% of a dense step on ``benchmarks.step_overhead``'s MLP."""
 
 StructureChoice = Structure | Callable[[tuple, Any], Structure]
 """A structure for every pruned leaf, or a ``(path, leaf) -> structure`` choosing per leaf."""
@@ -58,7 +63,10 @@ class WrapSettings:
       anesthesia_threshold: cut fraction that anesthetises a layer.
       anesthesia_depth: learning-rate multiplier right after such a cut.
       anesthesia_recovery: per-step recovery rate of the multiplier.
-      vitals_decay: EMA decay of the vital signs.
+      vitals_decay: EMA decay of the vital signs (per update).
+      vitals_every: host steps between updates of the vital signs.
+      compact_vitals: keep the vital signs in the compact state
+        (:data:`~emrakul.vitals.COMPACT_STATISTICS`) instead of full precision.
       seed: seed of the wrapper's own randomness.
 
     Raises:
@@ -78,6 +86,8 @@ class WrapSettings:
     anesthesia_depth: float = 1.0
     anesthesia_recovery: float = 0.01
     vitals_decay: float = 0.99
+    vitals_every: int = VITALS_EVERY
+    compact_vitals: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -97,6 +107,8 @@ class WrapSettings:
         check_budget(float(self.sparsity), self.distribution)
         if int(self.every) < 1:
             raise ValueError(f"every must be >= 1 host step, got {self.every}")
+        if not isinstance(self.compact_vitals, bool):
+            raise TypeError(f"compact_vitals must be a bool, got {self.compact_vitals!r}")
         if int(self.cooldown) < 0:
             raise ValueError(f"cooldown must be >= 0, got {self.cooldown}")
         if not callable(self.structure):
@@ -107,11 +119,18 @@ class WrapSettings:
             )
         self._normalise()
 
+    @property
+    def vitals_statistics(self) -> tuple:
+        """The statistics table of the vital signs (full precision or compact)."""
+        return vit.COMPACT_STATISTICS if self.compact_vitals else vit.STATISTICS
+
     def _normalise(self) -> None:
         """Stores the numbers as Python ints and floats, so the settings hash."""
         ints = {"total_steps": self.total_steps, "every": self.every, "cooldown": self.cooldown}
-        for name, value in {**ints, "seed": self.seed}.items():
+        for name, value in {**ints, "vitals_every": self.vitals_every, "seed": self.seed}.items():
             object.__setattr__(self, name, _as_int(value, name))
+        if self.vitals_every < 1:
+            raise ValueError(f"vitals_every must be >= 1 host step, got {self.vitals_every}")
         floats = (
             "sparsity",
             "anesthesia_threshold",

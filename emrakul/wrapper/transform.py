@@ -16,7 +16,7 @@ from emrakul._tree import Filter
 from emrakul.controllers.base import Controller
 from emrakul.masks.structures import Unstructured
 from emrakul.wrapper.initialize import init_state
-from emrakul.wrapper.settings import StructureChoice, WrapSettings
+from emrakul.wrapper.settings import VITALS_EVERY, StructureChoice, WrapSettings
 from emrakul.wrapper.update import update_state
 
 
@@ -42,6 +42,8 @@ def wrap(
     anesthesia_depth: float = 1.0,
     anesthesia_recovery: float = 0.01,
     vitals_decay: float = 0.99,
+    vitals_every: int = VITALS_EVERY,
+    compact_vitals: bool = False,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an optax optimizer so that ``controller`` prunes the model while it trains.
@@ -62,7 +64,13 @@ def wrap(
       anesthesia_threshold: cut fraction that triggers anesthesia of a layer (1 = never).
       anesthesia_depth: learning-rate multiplier right after such a cut.
       anesthesia_recovery: per-step recovery rate of the multiplier.
-      vitals_decay: EMA decay of the vital signs (only kept if the controller needs them).
+      vitals_decay: EMA decay of the vital signs (only kept if the controller needs them),
+        applied per update.
+      vitals_every: host steps between updates of the vital signs (1: every step). The default
+        keeps a step with vital signs and masks within 5% of a dense step
+        (``python -m benchmarks.step_overhead``); the dormancy age then counts updates.
+      compact_vitals: keep bfloat16 EMAs and a ``uint8`` age
+        (:data:`emrakul.vitals.COMPACT_STATISTICS`, 8 bytes per parameter instead of 15).
       seed: seed of the wrapper's own randomness (random masks, gates).
 
     Returns:
@@ -93,6 +101,8 @@ def wrap(
         anesthesia_depth=anesthesia_depth,
         anesthesia_recovery=anesthesia_recovery,
         vitals_decay=vitals_decay,
+        vitals_every=vitals_every,
+        compact_vitals=compact_vitals,
         seed=seed,
     )
     return transformation(settings)

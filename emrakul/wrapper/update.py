@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from emrakul import vitals as vit
 from emrakul._tree import PyTree, check_same_structure
 from emrakul.surgery import anesthesia, lifecycle
@@ -24,7 +26,8 @@ from emrakul.wrapper.surgery_step import scheduled_surgery
 def observe_step(
     settings: WrapSettings, state: EmrakulState, params: PyTree, grads: PyTree
 ) -> tuple[Any, Any]:
-    """The controller's gate learning and the vital signs of this step.
+    """The controller's gate learning and the vital signs of this step (updated on every
+    ``settings.vitals_every``-th step only: steps ``k - 1, 2k - 1, ...``).
 
     Returns:
       ``(controller_state, vitals)`` after this step's gradient (each unchanged when the
@@ -37,7 +40,16 @@ def observe_step(
     vitals = state.vitals
     if vitals is not None:
         alive = lifecycle.alive_mask(state.life.state)
-        vitals = vit.update(vitals, params, grads, alive, state.knobs.vitals_decay)
+        table = settings.vitals_statistics
+
+        def fold(v: vit.VitalsState) -> vit.VitalsState:
+            return vit.update(v, params, grads, alive, state.knobs.vitals_decay, statistics=table)
+
+        k = settings.vitals_every
+        if k == 1:
+            vitals = fold(vitals)
+        else:  # the last step before each multiple of k, so a surgery sees fresh statistics
+            vitals = jax.lax.cond((state.step + 1) % k == 0, fold, lambda v: v, vitals)
     return ctrl, vitals
 
 

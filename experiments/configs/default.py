@@ -27,6 +27,8 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``prune.every``: host steps per surgery interval (mask updates, validation, metrics rows).
 * ``prune.cooldown``: host steps a weight must wait after changing state (flip-flop damping).
 * ``prune.vitals_decay``: EMA decay of the vital signs (kept only for controllers needing them).
+* ``prune.vitals_every``: host steps between updates of the vital signs (``wrap``'s default).
+* ``prune.compact_vitals``: bfloat16 EMAs and a uint8 age (``wrap``'s compact state).
 * ``prune.anesthesia.threshold`` / ``.depth`` / ``.recovery``: a layer losing more than
   ``threshold`` of its alive weights in one surgery has its learning rate multiplied by
   ``depth``, recovering by ``recovery`` per step (``depth = 1`` turns anesthesia off).
@@ -41,6 +43,8 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 """
 
 import ml_collections
+
+from emrakul.wrapper.settings import VITALS_EVERY
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -64,6 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
             "every": 100,
             "cooldown": 0,
             "vitals_decay": 0.99,
+            "vitals_every": VITALS_EVERY,
+            "compact_vitals": False,
             "anesthesia": {"threshold": 1.0, "depth": 1.0, "recovery": 0.01},
         }
     )

@@ -4,10 +4,10 @@ Per arm, over seeds (mean and 95% Student-t interval): the held-out accuracy at 
 task averaged over the first and over the last ``window`` tasks, the plasticity ratio
 (last-window average over first-window average, per seed), the online accuracy, the dormant
 fraction, the effective rank and the sparsity of the last task; and the paired difference of
-the last-window accuracy against ``dense`` (same seeds, same stream); the best remedy, chosen on
-the validation split's last-window accuracy. Written into the work
-directory: ``metrics.jsonl`` (one row per arm, seed and task), ``summary.json``, ``summary.md``
-and the plots ``accuracy_by_task.png`` and ``plasticity_signs.png``.
+the last-window accuracy against ``dense`` and against the best remedy (same seeds, same
+stream), the best remedy chosen on the validation split's last-window accuracy. Written into
+the work directory: ``metrics.jsonl`` (one row per arm, seed and task), ``summary.json``,
+``summary.md`` and the plots ``accuracy_by_task.png`` and ``plasticity_signs.png``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def summarize(results: Sequence[ArmResult], window: int = 10) -> dict[str, dict]
         if base is not None and base.seeds == r.seeds and r.arm != "dense":
             entry["last_minus_dense"] = _ci(last - base.metrics.test_accuracy[:, -w:].mean(1))
         out[r.arm] = entry
+    best = best_on_validation(out)
+    for arm, entry in out.items():
+        if best is not None and arm != best and out[best]["seeds"] == entry["seeds"]:
+            ref = np.asarray(out[best]["last_per_seed"])
+            entry["last_minus_best_remedy"] = _ci(np.asarray(entry["last_per_seed"]) - ref)
     return out
 
 
@@ -78,15 +83,16 @@ def markdown(summary: dict[str, dict]) -> str:
     w = next(iter(summary.values()))["window"] if summary else 10
     lines = [
         f"| arm | seeds | first {w} tasks | last {w} tasks | last - dense (paired) | "
-        "plasticity ratio | dormant | eff. rank | sparsity |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "last - best remedy (paired) | plasticity ratio | dormant | eff. rank | sparsity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, s in summary.items():
         delta = _fmt(s["last_minus_dense"]) if "last_minus_dense" in s else "-"
+        to_best = _fmt(s["last_minus_best_remedy"]) if "last_minus_best_remedy" in s else "-"
         lines.append(
             f"| {arm} | {len(s['seeds'])} | {_fmt(s['first'])} | {_fmt(s['last'])} | {delta} | "
-            f"{_fmt(s['plasticity'])} | {_fmt(s['dormant'])} | {_fmt(s['effective_rank'], 1)} | "
-            f"{s['sparsity']['mean']:.3f} |"
+            f"{to_best} | {_fmt(s['plasticity'])} | {_fmt(s['dormant'])} | "
+            f"{_fmt(s['effective_rank'], 1)} | {s['sparsity']['mean']:.3f} |"
         )
     lines.append(
         "\nAccuracy: held-out test examples under each task's transform, at the task's end."
