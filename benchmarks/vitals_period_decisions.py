@@ -29,9 +29,12 @@ from emrakul.wrapper.settings import VITALS_EVERY
 from experiments.configs import default
 
 
-def train(controller: str, sparsity: float, every: int, compact: bool, seeds: list[int]):
+def train(controller: str, sparsity: float, every: int, compact: bool, seeds: list[int],
+          steps: int = 0):  # fmt: skip
     """Final test accuracies ``[S]`` and ALIVE masks (a list of ``[S, ...]`` bool arrays)."""
     config = default.get_config()
+    if steps:
+        config.train.steps = steps
     config.prune.sparsity = sparsity
     config.prune.vitals_every = every
     config.prune.compact_vitals = compact
@@ -47,7 +50,7 @@ def train(controller: str, sparsity: float, every: int, compact: bool, seeds: li
     state, final = whole(keys)
     life = state.opt_state.life.state
     masks = [np.asarray(x) == ALIVE for x in jax.tree.leaves(life) if np.ndim(x) > 1]
-    return np.asarray(final["test_accuracy"]), masks
+    return np.asarray(final["accuracy"]), masks
 
 
 def jaccard(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--controllers", default="gsnr,magistrate")
     parser.add_argument("--sparsities", default="0.9,0.95")
     parser.add_argument("--every", type=int, default=VITALS_EVERY)
+    parser.add_argument("--steps", type=int, default=0, help="host steps (0: the config's)")
     args = parser.parse_args()
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     candidates = [(f"every {args.every}", args.every, False),
@@ -72,10 +76,10 @@ def main() -> None:
     for name in args.controllers.split(","):
         for sp in (float(s) for s in args.sparsities.split(",")):
             t0 = time.perf_counter()
-            ref_acc, ref_masks = train(name, sp, 1, False, seeds)
+            ref_acc, ref_masks = train(name, sp, 1, False, seeds, args.steps)
             rows.append([name, f"{sp:g}", "every 1 (reference)", f"{ref_acc.mean():.4f}", "-", "-"])
             for label, every, compact in candidates:
-                acc, masks = train(name, sp, every, compact, seeds)
+                acc, masks = train(name, sp, every, compact, seeds, args.steps)
                 diff, ci = mean_ci(list(acc - ref_acc))
                 iou = jaccard(masks, ref_masks)
                 rows.append([name, f"{sp:g}", label, f"{acc.mean():.4f}", f"{diff:+.4f} ± {ci:.4f}",

@@ -14,6 +14,8 @@ Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, 
   (as in Dohare et al. 2024, where plasticity is lost faster at larger step sizes) or tasks five
   times longer make it lose it (BUILD_NOTES.md, "Streams"). ``stream_long.py`` is the long
   setting at 1e-3.
+* ``prune.vitals_every``: 1 (vital signs every step, as the stream figures of BUILD_NOTES.md and
+  the stream-trained policy were measured), not ``wrap``'s default period.
 * ``compare``: the arms, comma-separated controller names, each run over ``seeds`` seeds.
 * ``controllers``: per-arm keyword arguments. For a stream, GMP prunes to the target over the
   first 10% of the stream and then keeps its mask (``start=0, end=0.1``); RigL and SET keep
@@ -40,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.train.lr = 1e-2
     c.prune.every = 50
+    c.prune.vitals_every = 1  # the stream figures and the stream-trained policy: every step
     c.prune.distribution = "erk"
     c.train.steps = c.stream.num_tasks * c.stream.task_steps
     c.controllers = ml_collections.ConfigDict(
