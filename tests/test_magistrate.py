@@ -108,9 +108,17 @@ def _obs():
     return features.observe(obs, layout, layout.num_regions, layout.num_layers)
 
 
-def test_the_shipped_policy_loads():
+def test_the_shipped_policies_load_by_name():
+    import importlib
+
+    mg = importlib.import_module("emrakul.controllers.magistrate")
     controller = ctl.make("magistrate")
     assert controller.needs_vitals and controller.name == "magistrate"
+    assert mg.policy_path("") == mg.SHIPPED and mg.policy_path("a/b.msgpack") == "a/b.msgpack"
+    _, _, space, info = mg.load_policy(mg.policy_path("stream"))
+    assert info["stream"] and info["remedy"] == "continual_backprop"
+    assert not space.lyse_at_end and space.churn_after_end
+    assert ctl.make("magistrate", policy="stream").needs_vitals
 
 
 def test_a_deployment_can_keep_swapping_after_the_schedule_for_a_stream():

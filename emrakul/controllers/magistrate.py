@@ -32,8 +32,20 @@ from emrakul.controllers.registry import register
 from emrakul.surgery.lifecycle import SEDATED
 
 FORMAT = "emrakul-magistrate-plan/1"
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "policies",
-                       "magistrate.msgpack")  # fmt: skip
+_POLICIES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "policies")
+SHIPPED = os.path.join(_POLICIES, "magistrate.msgpack")
+#: The policies shipped in the package by name: ``""`` the classifier policy (issue 17),
+#: ``"stream"`` the one meta-trained on permuted-label streams with continual backprop (issue 18).
+SHIPPED_POLICIES = {"": "magistrate.msgpack", "stream": "magistrate_stream.msgpack"}
+
+
+def policy_path(policy: str) -> str:
+    """The file of ``policy``: a shipped policy's name (:data:`SHIPPED_POLICIES`) or a path."""
+    if policy == "":
+        return SHIPPED  # looked up at call time (tests substitute it)
+    if policy in SHIPPED_POLICIES:
+        return os.path.join(_POLICIES, SHIPPED_POLICIES[policy])
+    return policy
 
 
 class PolicyState(NamedTuple):
@@ -139,7 +151,8 @@ def magistrate(policy: str = "", **schedule: Any) -> Controller:
     """The learned controller from a policy file (default: the policy shipped in the package).
 
     Args:
-      policy: the policy file (empty: the shipped one).
+      policy: the policy file, or the name of a shipped one (:data:`SHIPPED_POLICIES`: empty for
+        the classifier policy, ``"stream"`` for the stream policy).
       **schedule: overrides of the policy's plan-space schedule (:data:`DEPLOY_FIELDS`), e.g.
         ``start=0.0, end=0.1, lyse_at_end=False, churn_after_end=True`` to deploy it on a
         stream: prune early, then keep swapping and keep sedated weights wakeable.
@@ -150,5 +163,5 @@ def magistrate(policy: str = "", **schedule: Any) -> Controller:
     unknown = sorted(set(schedule) - set(DEPLOY_FIELDS))
     if unknown:
         raise ValueError(f"magistrate: unknown overrides {unknown}; allowed: {DEPLOY_FIELDS}")
-    params, network, space, _ = load_policy(policy or SHIPPED)
+    params, network, space, _ = load_policy(policy_path(policy))
     return policy_controller(dataclasses.replace(space, **schedule), params, network)

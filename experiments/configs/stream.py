@@ -20,9 +20,11 @@ Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, 
 * ``controllers``: per-arm keyword arguments. For a stream, GMP prunes to the target over the
   first 10% of the stream and then keeps its mask (``start=0, end=0.1``); RigL and SET keep
   moving their topology to the end (``end=1``); breathing prunes over the first 10% and swaps
-  until then; the learned Magistrate (the shipped policy, zero-shot) is deployed with the same
-  window, keeps swapping after it and never lyses, so sedated weights stay wakeable
-  (``magistrate``'s schedule overrides); the remedies (``continual_backprop``, ``redo``,
+  until then; the learned Magistrate (``policy="stream"``: the policy shipped for streams,
+  meta-trained on permuted labels with continual backprop; ``""`` is the classifier policy) is
+  deployed with the same window, keeps swapping after it and never lyses, so sedated weights stay
+  wakeable (``magistrate``'s schedule overrides), and runs with continual backprop in the default
+  arms (``magistrate+continual_backprop``, as it was trained); the remedies (``continual_backprop``, ``redo``,
   ``shrink_perturb``, ``selective_forgetting``) run with their papers' defaults on the dense
   network.
 """
@@ -33,9 +35,10 @@ from experiments.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The default stream config: permuted labels, 30 tasks, five arms at 90%."""
+    """The default stream config: permuted labels, 30 tasks, five arms at 90% (the learned one:
+    the shipped stream policy with continual backprop)."""
     c = default.get_config()
-    c.compare = "dense,continual_backprop,gmp,rigl,magistrate"
+    c.compare = "dense,continual_backprop,gmp,rigl,magistrate+continual_backprop"
     c.seeds = 4
     c.stream = ml_collections.ConfigDict(
         {"kind": "permuted_labels", "num_tasks": 30, "task_steps": 200, "shift": 10.0, "gain": 0.7}
@@ -48,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.controllers = ml_collections.ConfigDict(
         {
             "magistrate": {
-                "policy": "",
+                "policy": "stream",
                 "start": 0.0,
                 "end": 0.1,
                 "lyse_at_end": False,

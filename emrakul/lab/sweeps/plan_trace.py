@@ -28,9 +28,9 @@ def space_of(controller: str, kwargs: dict[str, Any]) -> PlanSpace:
       ValueError: another controller.
     """
     if controller == "magistrate":
-        from emrakul.controllers.magistrate import SHIPPED, load_policy
+        from emrakul.controllers.magistrate import load_policy, policy_path
 
-        return load_policy(kwargs.get("policy") or SHIPPED)[2]
+        return load_policy(policy_path(kwargs.get("policy") or ""))[2]
     if controller == "planned":
         from emrakul.controllers.planned import load_plan
 

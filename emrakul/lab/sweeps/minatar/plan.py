@@ -139,20 +139,24 @@ def _games(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _check_policy(field: str, path: str) -> None:
-    """Refuses a policy file (empty: the shipped one) that is missing or cannot be deployed.
+    """Refuses a policy (a file, a shipped policy's name, empty: the shipped classifier policy)
+    that is missing or cannot be deployed.
 
     Raises:
       ValueError: naming ``field``.
     """
-    from emrakul.controllers.magistrate import SHIPPED, load_policy
+    import importlib
+
+    mg = importlib.import_module("emrakul.controllers.magistrate")  # the module, not the factory
 
     hint = "pass experiments.train_agent's WORKDIR/policy.msgpack"
+    path = mg.policy_path(path) if path else ""
     if path and not os.path.isfile(path):
         raise ValueError(f"{field}: {path!r} is not a file; {hint}")
-    if not path and not os.path.isfile(SHIPPED):
-        raise ValueError(f"{field} is empty and the package ships no policy ({SHIPPED}); {hint}")
+    if not path and not os.path.isfile(mg.SHIPPED):
+        raise ValueError(f"{field} is empty and the package ships no policy ({mg.SHIPPED}); {hint}")
     try:
-        load_policy(path or SHIPPED)
+        mg.load_policy(path or mg.SHIPPED)
     except ValueError as e:
         raise ValueError(f"{field}: {e}") from None
 
