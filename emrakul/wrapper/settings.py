@@ -24,8 +24,9 @@ from emrakul.masks.structures import Structure, Unstructured, check_structure
 from emrakul.surgery.budgets import check_budget
 
 VITALS_EVERY = 10
-"""The default period of the vital signs' update (``wrap(..., vitals_every=...)``): the step with
-vital signs and masks within 5% of a dense step on ``benchmarks.step_overhead``'s MLP."""
+"""The default period of the vital signs' update (``wrap(..., vitals_every=...)``); its cost per
+step is measured by ``python -m benchmarks.step_overhead`` (BUILD_NOTES.md, "Train-step
+overhead")."""
 
 StructureChoice = Structure | Callable[[tuple, Any], Structure]
 """A structure for every pruned leaf, or a ``(path, leaf) -> structure`` choosing per leaf."""

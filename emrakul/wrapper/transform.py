@@ -66,9 +66,9 @@ def wrap(
       anesthesia_recovery: per-step recovery rate of the multiplier.
       vitals_decay: EMA decay of the vital signs (only kept if the controller needs them),
         applied per update.
-      vitals_every: host steps between updates of the vital signs (1: every step). The default
-        keeps a step with vital signs and masks within 5% of a dense step
-        (``python -m benchmarks.step_overhead``); the dormancy age then counts updates.
+      vitals_every: host steps between updates of the vital signs (1: every step), skipped with
+        a ``lax.cond`` (``python -m benchmarks.step_overhead`` measures what it saves); the
+        dormancy age then counts updates.
       compact_vitals: keep bfloat16 EMAs and a ``uint8`` age
         (:data:`emrakul.vitals.COMPACT_STATISTICS`, 8 bytes per parameter instead of 15).
       seed: seed of the wrapper's own randomness (random masks, gates).

@@ -24,9 +24,9 @@ Fields as in ``experiments/configs/default.py`` (``host``, ``data``, ``train``, 
   meta-trained on permuted labels with continual backprop; ``""`` is the classifier policy) is
   deployed with the same window, keeps swapping after it and never lyses, so sedated weights stay
   wakeable (``magistrate``'s schedule overrides), and runs with continual backprop in the default
-  arms (``magistrate+continual_backprop``, as it was trained); the remedies (``continual_backprop``, ``redo``,
-  ``shrink_perturb``, ``selective_forgetting``) run with their papers' defaults on the dense
-  network.
+  arms (``magistrate+continual_backprop``, as it was trained); the remedies
+  (``continual_backprop``, ``redo``, ``shrink_perturb``, ``selective_forgetting``) run with
+  their papers' defaults on the dense network.
 """
 
 import ml_collections
