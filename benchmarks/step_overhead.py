@@ -19,8 +19,7 @@ MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32:
   the dense ("virtual") gradient is taken with respect to the masked weights, the vital signs
   are updated, then Adam.
 * ``vitals every k + masks``: the same with the vital signs updated on every k-th step only
-  (``wrap(..., vitals_every=k)``'s ``lax.cond`` on a step counter; ``--every``, default the
-  wrapper's default :data:`emrakul.wrapper.settings.VITALS_EVERY`).
+  (``wrap(..., vitals_every=k)``'s ``lax.cond`` on a step counter; ``--every``, default 10).
 * ``compact vitals + masks`` and ``compact vitals every k + masks``: the same with the compact
   state (:data:`emrakul.vitals.COMPACT_STATISTICS`: bfloat16 EMAs, uint8 age, 8 bytes per
   parameter instead of 15).
@@ -32,7 +31,11 @@ MLP 784-512-512-10 (Flax Linen), Adam, batch 256, float32:
   native CPU kernel of :mod:`emrakul.masks.native` (the row is left out where it cannot be
   built); both RigL rows must end with identical masks.
 
-Targets (issue 22): ``vitals every k + masks`` (the default period and state) <= 1.05x dense;
+* ``wrap: ...``: the user-facing step, ``emrakul.wrap(adam, controller)`` (lifecycle routing,
+  surgery cond, health tracking) with ``emrakul.masked`` in the forward pass: GMP (no vital
+  signs), GSNR with vital signs every step and every k steps.
+
+Targets (issue 22): ``vitals every k + masks`` (a default period and state) <= 1.05x dense;
 ``+ rigl masks`` <= 1.5x dense (met by the native top-k only; masks move every ~100 steps, so
 its amortised cost is under 1%).
 Run: ``python -m benchmarks.step_overhead [--rounds 50] [--repeats 5] [--every 10]``
@@ -48,13 +51,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import emrakul
 from benchmarks._timing import markdown_table, step_ratios
+from emrakul import controllers, vitals
 from emrakul import masks as msk
-from emrakul import vitals
 from emrakul.masks import native
-from emrakul.wrapper.settings import VITALS_EVERY
 
 SPARSITY = 0.9
+PERIOD = 10  # the candidate period of the periodic rows (--every)
 DROP_FRACTION = 0.3
 
 
@@ -66,6 +70,13 @@ class MLP(nn.Module):
         x = nn.relu(nn.Dense(512)(x))
         x = nn.relu(nn.Dense(512)(x))
         return nn.Dense(10)(x)
+
+
+def wrap_rows(every: int) -> list[tuple[str, str, dict]]:
+    """The rows timing ``emrakul.wrap``'s own step: label, controller, wrap settings."""
+    return [("wrap: gmp (no vital signs)", "gmp", {}),
+            ("wrap: gsnr, vital signs every step", "gsnr", {"vitals_every": 1}),
+            ("wrap: gsnr, vital signs every k", "gsnr", {"vitals_every": every})]  # fmt: skip
 
 
 def rigl_masks(masks, params, grads, drop_fraction, select=msk.topk_mask):
@@ -101,13 +112,32 @@ def problem(batch: int):
     return loss_fn, params, optax.adam(1e-3), masks
 
 
+def wrap_step(batch: int, controller: str, **wrap_kwargs):
+    """The user-facing step: ``emrakul.wrap(adam, controller)`` at 90% (a surgery every 100
+    steps), ``emrakul.masked`` in the forward pass; jitted, buffers donated. Returns the step and
+    its initial ``[params, opt_state]``."""
+    loss_fn, params, tx, _ = problem(batch)
+    wrapped = emrakul.wrap(tx, controllers.make(controller), total_steps=100_000, sparsity=SPARSITY,
+                           **wrap_kwargs)  # fmt: skip
+    state = wrapped.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p, s):
+        g = jax.grad(lambda q: loss_fn(emrakul.masked(q, s)))(p)
+        u, s = wrapped.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    return step, [copy(params), copy(state)]
+
+
 def same_masks(a, b) -> bool:
     """Whether two mask trees are equal leaf by leaf."""
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     return all(bool(jnp.array_equal(x, y)) for x, y in pairs)
 
 
-def build(batch: int, select=msk.topk_mask, update=vitals.update, every: int = VITALS_EVERY):
+def build(batch: int, select=msk.topk_mask, update=vitals.update, every: int = 10):
     """The timed steps (jitted, buffers donated) and their initial states; ``select`` is the
     top-k mask of the RigL step, ``update`` the vital-signs update of the vitals steps, ``every``
     the period of the periodic rows."""
@@ -205,7 +235,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--every", type=int, default=VITALS_EVERY)
+    parser.add_argument("--every", type=int, default=PERIOD)
     args = parser.parse_args()
     params, opt, vit, masks, steps = build(args.batch, every=args.every)
     small = vitals.init(params, vitals.COMPACT_STATISTICS)
@@ -256,6 +286,9 @@ def main() -> None:
         runs["+ rigl masks (native top-k)"] = (native_rigl, native_state, 4)
     else:
         print(f"(no native top-k row: the kernel is {native.status()})")
+    for label, name, kw in wrap_rows(args.every):
+        step, state = wrap_step(args.batch, name, **kw)
+        runs[label] = (step, state, 2)
     med = step_ratios(runs, rounds=args.rounds, repeats=args.repeats)
     final_sparsity = float(msk.sparsity(rigl_state[3]))
     rows = []
@@ -269,6 +302,9 @@ def main() -> None:
         ("vitals every k + masks", "<= 1.05 (default)"),
         ("compact vitals + masks", "(k = 1)"),
         ("compact vitals every k + masks", "-"),
+        ("wrap: gmp (no vital signs)", "(reference)"),
+        ("wrap: gsnr, vital signs every step", "(k = 1)"),
+        ("wrap: gsnr, vital signs every k", "(default)"),
         ("+ rigl masks", "<= 1.5"),
         ("+ rigl masks (native top-k)", "<= 1.5"),
     ]:

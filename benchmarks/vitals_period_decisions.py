@@ -8,6 +8,8 @@ reference) and with each candidate (the default period, and the default period w
 state). Per candidate: the paired difference of the final test accuracy to the reference (mean
 and 95% t interval over the seeds) and the overlap of the final masks with the reference's
 (Jaccard index of the ALIVE weights over all pruned kernels, per seed, mean and range).
+``--step_horizon`` adds the period with the decay raised to it (``0.99 ** k`` per update: the
+EMAs span the same host steps as at ``k = 1``, instead of ``k`` times more).
 
 Run: ``python -m benchmarks.vitals_period_decisions [--seeds 8] [--seed_offset 1000]
 [--controllers gsnr,magistrate] [--sparsities 0.9,0.95] [--every 10]``
@@ -25,14 +27,19 @@ import numpy as np
 from emrakul.lab.loop import make_train
 from emrakul.lab.stats import mean_ci
 from emrakul.surgery.lifecycle import ALIVE
-from emrakul.wrapper.settings import VITALS_EVERY
 from experiments.configs import default
+
+PERIOD = 10  # the candidate period (--every)
 
 
 def train(controller: str, sparsity: float, every: int, compact: bool, seeds: list[int],
-          steps: int = 0):  # fmt: skip
-    """Final test accuracies ``[S]`` and ALIVE masks (a list of ``[S, ...]`` bool arrays)."""
+          steps: int = 0, step_horizon: bool = False):  # fmt: skip
+    """Final test accuracies ``[S]`` and ALIVE masks (a list of ``[S, ...]`` bool arrays);
+    ``step_horizon``: the decay raised to the period, so the EMAs span as many host steps as at
+    ``every=1``."""
     config = default.get_config()
+    if step_horizon:
+        config.prune.vitals_decay = float(config.prune.vitals_decay) ** every
     if steps:
         config.train.steps = steps
     config.prune.sparsity = sparsity
@@ -66,20 +73,24 @@ def main() -> None:
     parser.add_argument("--seed_offset", type=int, default=1000)
     parser.add_argument("--controllers", default="gsnr,magistrate")
     parser.add_argument("--sparsities", default="0.9,0.95")
-    parser.add_argument("--every", type=int, default=VITALS_EVERY)
+    parser.add_argument("--every", type=int, default=PERIOD)
     parser.add_argument("--steps", type=int, default=0, help="host steps (0: the config's)")
+    parser.add_argument("--step_horizon", action="store_true",
+                        help="add the candidate with the decay raised to the period")  # fmt: skip
     args = parser.parse_args()
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
-    candidates = [(f"every {args.every}", args.every, False),
-                  (f"every {args.every}, compact", args.every, True)]  # fmt: skip
+    candidates = [(f"every {args.every}", args.every, False, False),
+                  (f"every {args.every}, compact", args.every, True, False)]  # fmt: skip
+    if args.step_horizon:
+        candidates.append((f"every {args.every}, decay^{args.every}", args.every, False, True))
     rows = []
     for name in args.controllers.split(","):
         for sp in (float(s) for s in args.sparsities.split(",")):
             t0 = time.perf_counter()
             ref_acc, ref_masks = train(name, sp, 1, False, seeds, args.steps)
             rows.append([name, f"{sp:g}", "every 1 (reference)", f"{ref_acc.mean():.4f}", "-", "-"])
-            for label, every, compact in candidates:
-                acc, masks = train(name, sp, every, compact, seeds, args.steps)
+            for label, every, compact, horizon in candidates:
+                acc, masks = train(name, sp, every, compact, seeds, args.steps, horizon)
                 diff, ci = mean_ci(list(acc - ref_acc))
                 iou = jaccard(masks, ref_masks)
                 rows.append([name, f"{sp:g}", label, f"{acc.mean():.4f}", f"{diff:+.4f} ± {ci:.4f}",

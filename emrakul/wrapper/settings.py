@@ -23,10 +23,11 @@ from emrakul.controllers.base import Controller
 from emrakul.masks.structures import Structure, Unstructured, check_structure
 from emrakul.surgery.budgets import check_budget
 
-VITALS_EVERY = 10
-"""The default period of the vital signs' update (``wrap(..., vitals_every=...)``); its cost per
-step is measured by ``python -m benchmarks.step_overhead`` (BUILD_NOTES.md, "Train-step
-overhead")."""
+VITALS_EVERY = 1
+"""The default period of the vital signs' update (``wrap(..., vitals_every=...)``): every step.
+A period of 10 neither met the speed target (1.12x a dense step, ``python -m
+benchmarks.step_overhead``) nor kept GSNR's decisions (-0.06 test accuracy, ``python -m
+benchmarks.vitals_period_decisions``; BUILD_NOTES.md, "Train-step overhead"), so it is opt-in."""
 
 StructureChoice = Structure | Callable[[tuple, Any], Structure]
 """A structure for every pruned leaf, or a ``(path, leaf) -> structure`` choosing per leaf."""
