@@ -148,19 +148,18 @@ STATISTICS: tuple[Statistic, ...] = (GRAD_MEAN, GRAD_SQ, FLIP_RATE, LAST_SIGN, A
 """The built-in statistics, in the order of the fields of ``VitalsState``."""
 
 
-def _compact_ema(name: str, value: Callable[[LeafContext], jax.Array]) -> Statistic:
-    """A bfloat16 EMA entry (updated in float32, stored in bfloat16)."""
-    return Statistic(
-        name, lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16), lambda c: ema(c, name, value(c))
-    )
+def _stored_as(statistic: Statistic, dtype: Any) -> Statistic:
+    """``statistic`` kept in ``dtype`` (its update already computes in at least float32 and
+    casts back, so only the initial value changes)."""
+    return statistic._replace(init=lambda p: jnp.zeros(jnp.shape(p), dtype))
 
 
 COMPACT_STATISTICS: tuple[Statistic, ...] = (
-    _compact_ema("grad_mean", lambda c: c.grad),
-    _compact_ema("grad_sq", lambda c: c.grad * c.grad),
-    Statistic("flip_rate", lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16), _flip_rate),
+    _stored_as(GRAD_MEAN, jnp.bfloat16),
+    _stored_as(GRAD_SQ, jnp.bfloat16),
+    _stored_as(FLIP_RATE, jnp.bfloat16),
     LAST_SIGN,
-    Statistic("age", lambda p: jnp.zeros(jnp.shape(p), jnp.uint8), _age),
+    _stored_as(AGE, jnp.uint8),
     DEBIAS,
 )
 """The built-in statistics in a compact state: bfloat16 EMAs (8 mantissa bits: about 0.4%

@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from emrakul import controllers as ctl
 from emrakul.agent.plan_network import PlanNetwork
 from emrakul.controllers.magistrate import policy_controller
 from emrakul.controllers.plan_space import PlanSpace
 from emrakul.controllers.with_remedy import with_remedy
 from emrakul.lab import stream_loop as sl
+from emrakul.lab.build import make_controller
 from emrakul.lab.meta.es import HostGroup, Scores
 from emrakul.lab.meta.es_train import write_params
 from emrakul.lab.sweeps import stream as stream_sweep
@@ -75,8 +75,7 @@ def stream_groups(
         raise ValueError(f"window must lie in [1, {stream.num_tasks}] tasks, got {window}")
     controller = policy_controller(space, params, network)
     if remedy:
-        kwargs = dict(config.get("controllers", {}).get(remedy, {}))
-        controller = with_remedy(controller, ctl.make(remedy, **kwargs))
+        controller = with_remedy(controller, make_controller(remedy, config.get("controllers")))
     groups = []
     for w in widths:
         c = config.copy_and_resolve_references()
