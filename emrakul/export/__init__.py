@@ -13,6 +13,12 @@ nothing here is jitted). One module per idea:
   that consumes them, and :func:`compact_model` builds the smaller Flax module (structured
   pruning pays off on any hardware: the matmuls themselves shrink; Li et al. 2017, "Pruning
   Filters for Efficient ConvNets").
+* :mod:`~emrakul.export.depgraph` and :mod:`~emrakul.export.lysis`: the same for any JAX model
+  (Linen, NNX, Equinox, plain functions): :func:`dependency_graph` reads from the jaxpr which
+  parameter slices are coupled (biases, norms, residual streams, flattened maps, attention
+  heads), and :func:`lyse` removes the dead units of every group from the params, any optimizer
+  state and the masks together, returning a compact apply function that replays the traced
+  program on the smaller arrays (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning").
 * :mod:`~emrakul.export.sparse`: :func:`to_sparse` / :func:`from_sparse` store masked kernels
   sparsely: unstructured kernels as values plus relative (delta) indices or a bitmap, N:M
   kernels as compressed values plus packed in-group indices (Han et al. 2015, "Learning both
@@ -31,17 +37,28 @@ case the exported weights are ``emrakul.masked(params, state)`` (gates included)
 
 from emrakul.export.checkpoint import checkpoint_bytes, load, save
 from emrakul.export.compaction import Compacted, compact, compact_model
+from emrakul.export.depgraph import DependencyGraph, Group, Member, dependency_graph
+from emrakul.export.lysis import Lysis, compact_apply, cut, cut_state, lyse
 from emrakul.export.resolve import resolve_masks
 from emrakul.export.sparse import SparseLeaf, from_sparse, to_sparse
 
 __all__ = [
     "Compacted",
+    "DependencyGraph",
+    "Group",
+    "Lysis",
+    "Member",
     "SparseLeaf",
     "checkpoint_bytes",
     "compact",
+    "compact_apply",
     "compact_model",
+    "cut",
+    "cut_state",
+    "dependency_graph",
     "from_sparse",
     "load",
+    "lyse",
     "resolve_masks",
     "save",
     "to_sparse",
