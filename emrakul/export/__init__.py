@@ -19,6 +19,9 @@ nothing here is jitted). One module per idea:
   heads), and :func:`lyse` removes the dead units of every group from the params, any optimizer
   state and the masks together, returning a compact apply function that replays the traced
   program on the smaller arrays (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning").
+  :func:`group_pruning` makes each group one region of ``emrakul.wrap`` (a leader kernel pruned
+  with ``Units``, the group's other producing slices tied to it) and :func:`lyse_training`
+  removes lysed units while the model trains.
 * :mod:`~emrakul.export.sparse`: :func:`to_sparse` / :func:`from_sparse` store masked kernels
   sparsely: unstructured kernels as values plus relative (delta) indices or a bitmap, N:M
   kernels as compressed values plus packed in-group indices (Han et al. 2015, "Learning both
@@ -38,7 +41,9 @@ case the exported weights are ``emrakul.masked(params, state)`` (gates included)
 from emrakul.export.checkpoint import checkpoint_bytes, load, save
 from emrakul.export.compaction import Compacted, compact, compact_model
 from emrakul.export.depgraph import DependencyGraph, Group, Member, dependency_graph
+from emrakul.export.group_pruning import GroupPruning, group_pruning
 from emrakul.export.lysis import Lysis, compact_apply, cut, cut_state, lyse
+from emrakul.export.lysis_training import TrainingLysis, lyse_training
 from emrakul.export.resolve import resolve_masks
 from emrakul.export.sparse import SparseLeaf, from_sparse, to_sparse
 
@@ -46,9 +51,11 @@ __all__ = [
     "Compacted",
     "DependencyGraph",
     "Group",
+    "GroupPruning",
     "Lysis",
     "Member",
     "SparseLeaf",
+    "TrainingLysis",
     "checkpoint_bytes",
     "compact",
     "compact_apply",
@@ -57,8 +64,10 @@ __all__ = [
     "cut_state",
     "dependency_graph",
     "from_sparse",
+    "group_pruning",
     "load",
     "lyse",
+    "lyse_training",
     "resolve_masks",
     "save",
     "to_sparse",

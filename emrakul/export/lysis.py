@@ -210,6 +210,16 @@ def _check(apply_fn: Callable, eff: Any, args: tuple, plan: Plan, tol: tuple) ->
     return _mismatch(jax.jit(apply_fn)(eff, *args), got, *tol)
 
 
+def _to_multiple(dead: np.ndarray, multiple_of: int) -> np.ndarray:
+    """The first dead units, as many as leave a multiple of ``multiple_of`` units (or none)."""
+    units = len(dead)
+    width = -(-(units - int(dead.sum())) // multiple_of) * multiple_of
+    n_remove = max(units - width, 0)
+    out = np.zeros_like(dead)
+    out[np.flatnonzero(dead)[:n_remove]] = True
+    return out
+
+
 def _verified(apply_fn: Callable, eff: Any, args: tuple, cands: list, tol: tuple) -> tuple:
     """Drops the groups whose removal changes the outputs; returns ``(kept, intact reasons)``."""
     intact: dict[str, str] = {}
@@ -233,6 +243,8 @@ def lyse(
     masks: Any = None,
     opt_state: Any = None,
     checked: Callable[[str], bool] | None = None,
+    keep: Callable[[Group], np.ndarray] | None = None,
+    multiple_of: int = 1,
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> Lysis:
@@ -247,11 +259,21 @@ def lyse(
       opt_state: optional optimizer state; every parameter-shaped subtree is cut the same way.
       checked: which leaf paths must be zero for a unit to be dead (default: the ``params``
         collection if there is one, else every leaf; running statistics need not be zero).
+      keep: optional ``group -> bool per unit``: units that must stay even if dead (e.g. only
+        sedated, which may wake).
+      multiple_of: every group keeps a multiple of this many units (or all of them), so that a
+        run lysing as it trains sees few distinct shapes and recompiles few times; dead units
+        beyond the multiple stay (masked).
       rtol, atol: the tolerance of the output check.
 
     Returns:
       The :class:`Lysis`.
+
+    Raises:
+      ValueError: ``multiple_of`` is not a positive int.
     """
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"multiple_of must be a positive int, got {multiple_of!r}")
     eff = _effective(variables, masks)
     if checked is None:
         has_params = isinstance(eff, Mapping) and "params" in eff
@@ -259,7 +281,12 @@ def lyse(
     traced = trace_model(apply_fn, eff, *example_args)
     graph = _assemble(traced.labels, traced.ids, traced.paths, traced.walk)
     leaves = dict(zip(traced.paths, jax.tree_util.tree_leaves(eff), strict=True))
-    cands = [(g, d) for g in graph.groups if (d := dead_units(g, leaves, checked)).any()]
+    cands = []
+    for g in graph.groups:
+        d = dead_units(g, leaves, checked) & (True if keep is None else ~keep(g))
+        d = _to_multiple(d, multiple_of)
+        if d.any():
+            cands.append((g, d))
     cands, intact = _verified(apply_fn, eff, example_args, cands, (rtol, atol))
     plan = make_plan(cands)
     return Lysis(

@@ -1,0 +1,99 @@
+"""Group pruning through emrakul.wrap and lysis while training (issue 19, items 2 and 4)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from depgraph_models import resnet
+
+import emrakul
+from emrakul.export import cut, dependency_graph, group_pruning, lyse, lyse_training
+from emrakul.wrapper.state import find_state
+
+
+def _train(apply, rest, tx, groups, params, state, x, y, steps):
+    def loss(p, s):
+        logits = apply({"params": groups.tied(p, s), **rest}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss)(p, s)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+def test_gmp_prunes_whole_groups_that_lysis_then_removes():
+    apply, v, x = resnet()
+    graph = dependency_graph(apply, v, x)
+    groups = group_pruning(graph, v)
+    assert len(groups.leaders) == len(graph.groups) == 4 and groups.skipped == {}
+    tx = emrakul.wrap(
+        optax.adam(1e-2),
+        emrakul.controllers.gmp(start=0.0, end=0.5),
+        total_steps=20,
+        sparsity=0.5,
+        every=5,
+        filter=groups.filter,
+        structure=groups.structure,
+    )
+    rest = {"batch_stats": v["batch_stats"]}
+    y = jnp.arange(3) % 10
+    params, state = _train(apply, rest, tx, groups, v["params"], tx.init(v["params"]), x, y, 20)
+    tied = {"params": groups.tied(params, state), **rest}
+    out = lyse(apply, tied, x, opt_state=state)
+    assert out.removed == {g.name: g.units // 2 for g in graph.groups}
+    np.testing.assert_allclose(out.apply(out.variables, x), apply(tied, x), rtol=1e-5, atol=1e-5)
+    life = jax.tree_util.tree_flatten_with_path(find_state(out.opt_state).life.state)[0]
+    small = jax.tree_util.tree_flatten_with_path(out.variables["params"])[0]
+    for (path, s), (_, p) in zip(life, small, strict=True):
+        lead = jax.tree_util.keystr(path) in groups.leaders
+        assert np.shape(s) == (np.shape(p) if lead else ())
+
+
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(16)(x))
+        x = nn.relu(nn.Dense(16)(x))
+        return nn.Dense(3)(x)
+
+
+def test_training_goes_on_after_lysis_as_the_masked_run_does():
+    model, x = _MLP(), jax.random.normal(jax.random.key(1), (8, 5))
+    y = jnp.arange(8) % 3
+    v = model.init(jax.random.key(0), x)
+    groups = group_pruning(dependency_graph(model.apply, v, x), v)
+    tx = emrakul.wrap(
+        optax.adam(1e-2),
+        emrakul.controllers.gmp(start=0.0, end=0.25),
+        total_steps=120,
+        sparsity=0.5,
+        every=5,
+        filter=groups.filter,
+        structure=groups.structure,
+    )
+    params, state = _train(model.apply, {}, tx, groups, v["params"], tx.init(v["params"]), x, y, 40)
+    out = lyse_training(model.apply, {"params": params}, state, groups, x, multiple_of=4)
+    assert out.removed == {
+        "['params']['Dense_0']['kernel']:1": 8,
+        "['params']['Dense_1']['kernel']:1": 8,
+    }
+    assert out.groups.leaders == groups.leaders
+    assert float(find_state(out.opt_state).knobs.target.max()) == pytest.approx(0.0)
+    masked = _train(model.apply, {}, tx, groups, params, state, x, y, 80)
+    small = _train(out.apply, {}, tx, out.groups, out.variables["params"], out.opt_state, x, y, 80)
+    want = cut({"params": groups.tied(*masked)}, out.plan)["params"]
+    got = out.groups.tied(*small)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    again = lyse_training(out.apply, out.variables, out.opt_state, out.groups, x, multiple_of=4)
+    assert again.plan == {}  # nothing further lysed: no recompilation
