@@ -21,7 +21,8 @@ nothing here is jitted). One module per idea:
   program on the smaller arrays (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning").
   :func:`group_pruning` makes each group one region of ``emrakul.wrap`` (a leader kernel pruned
   with ``Units``, the group's other producing slices tied to it) and :func:`lyse_training`
-  removes lysed units while the model trains.
+  removes lysed units while the model trains; :func:`save_lysed` / :func:`load_lysed` store a
+  compact model with orbax and load it back runnable.
 * :mod:`~emrakul.export.sparse`: :func:`to_sparse` / :func:`from_sparse` store masked kernels
   sparsely: unstructured kernels as values plus relative (delta) indices or a bitmap, N:M
   kernels as compressed values plus packed in-group indices (Han et al. 2015, "Learning both
@@ -42,7 +43,8 @@ from emrakul.export.checkpoint import checkpoint_bytes, load, save
 from emrakul.export.compaction import Compacted, compact, compact_model
 from emrakul.export.depgraph import DependencyGraph, Group, Member, dependency_graph
 from emrakul.export.group_pruning import GroupPruning, group_pruning
-from emrakul.export.lysis import Lysis, compact_apply, cut, cut_state, lyse
+from emrakul.export.lysis import Lineage, Lysis, compact_apply, compose, cut, cut_state, lyse
+from emrakul.export.lysis_checkpoint import load_lysed, save_lysed
 from emrakul.export.lysis_training import TrainingLysis, lyse_training
 from emrakul.export.resolve import resolve_masks
 from emrakul.export.sparse import SparseLeaf, from_sparse, to_sparse
@@ -52,6 +54,7 @@ __all__ = [
     "DependencyGraph",
     "Group",
     "GroupPruning",
+    "Lineage",
     "Lysis",
     "Member",
     "SparseLeaf",
@@ -60,15 +63,18 @@ __all__ = [
     "compact",
     "compact_apply",
     "compact_model",
+    "compose",
     "cut",
     "cut_state",
     "dependency_graph",
     "from_sparse",
     "group_pruning",
     "load",
+    "load_lysed",
     "lyse",
     "lyse_training",
     "resolve_masks",
     "save",
+    "save_lysed",
     "to_sparse",
 ]

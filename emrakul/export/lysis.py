@@ -37,7 +37,8 @@ class Lysis(NamedTuple):
       plan: leaf path -> ``(axis, removed positions)`` per cut axis (what :func:`cut` applies).
       removed: group name -> number of units removed.
       intact: group name -> why its dead units were kept.
-      apply: the compact model, ``apply(variables, *args)`` like the original (jit it).
+      apply: the compact model, ``apply(variables, *args)`` like the original (jit it); its
+        ``lineage`` attribute (:class:`Lineage`) says what it was cut from (for export).
     """
 
     variables: Any
@@ -135,6 +136,35 @@ def cut_state(state: Any, variables: Any, plan: Plan) -> Any:
     return state
 
 
+class Lineage(NamedTuple):
+    """Where a compact model comes from: the original apply function, the original variables'
+    shapes (``jax.ShapeDtypeStruct`` leaves) and everything removed from them so far."""
+
+    apply_fn: Callable
+    template: Any
+    plan: Plan
+
+
+def compose(first: Plan, second: Plan, template: Any) -> Plan:
+    """One plan relative to ``template`` doing ``first`` and then ``second`` (whose positions
+    index the arrays ``first`` left)."""
+    shapes = dict(
+        zip(
+            leaf_paths(template),
+            (x.shape for x in jax.tree_util.tree_leaves(template)),
+            strict=True,
+        )
+    )
+    out: Plan = {}
+    for path in sorted(set(first) | set(second)):
+        axes = {a: pos for a, pos in first.get(path, ())}
+        for a, pos in second.get(path, ()):
+            kept = np.delete(np.arange(shapes[path][a]), axes.get(a, np.zeros(0, np.int64)))
+            axes[a] = np.union1d(axes.get(a, np.zeros(0, np.int64)), kept[pos])
+        out[path] = tuple(sorted(axes.items()))
+    return out
+
+
 def compact_apply(apply_fn: Callable, template: Any, plan: Plan) -> Callable:
     """The compact model: ``apply_fn``'s traced program replayed without the planned units.
 
@@ -173,7 +203,17 @@ def compact_apply(apply_fn: Callable, template: Any, plan: Plan) -> Callable:
         flat = jax.tree_util.tree_leaves(variables) + jax.tree_util.tree_leaves(args)
         return jax.tree_util.tree_unflatten(traced.out_tree, replay(traced.trace, dead, flat))
 
+    apply.lineage = Lineage(apply_fn, template, plan)  # type: ignore[attr-defined]
     return apply
+
+
+def _descendant(apply_fn: Callable, variables: Any, plan: Plan) -> Callable:
+    """The compact apply after ``plan``; a compact model's lineage is extended, not nested, so
+    every compact model replays the original program once."""
+    root = getattr(apply_fn, "lineage", None)
+    if root is None:
+        return compact_apply(apply_fn, variables, plan)
+    return compact_apply(root.apply_fn, root.template, compose(root.plan, plan, root.template))
 
 
 def _effective(variables: Any, masks: Any) -> Any:
@@ -296,5 +336,5 @@ def lyse(
         plan=plan,
         removed={g.name: int(d.sum()) for g, d in cands},
         intact=intact,
-        apply=compact_apply(apply_fn, eff, plan),
+        apply=_descendant(apply_fn, eff, plan),
     )
