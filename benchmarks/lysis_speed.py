@@ -7,7 +7,9 @@ producing slice zero: kernel columns, biases, BatchNorm scales and shifts), at 5
 
 * the MLP ``784-1024-1024-10`` (a plain Dense/ReLU stack in Linen);
 * a ResNet-style CNN on 16x16x3 inputs (stem 32 channels, a basic block at 32 and one at 64
-  with a projection shortcut, BatchNorm in inference form, global average pooling).
+  with a projection shortcut, BatchNorm in inference form, global average pooling);
+* a transformer block (embedding, LayerNorm, 8-head self-attention, MLP 512, d 128) on
+  16-token sequences (the residual stream, heads, head dimensions and MLP units all lose units).
 
 Candidates, one jitted Adam train step each (forward, backward, update), timed interleaved
 (medians of ``--rounds`` rounds, ``--repeats`` times; ``benchmarks._timing``):
@@ -16,8 +18,10 @@ Candidates, one jitted Adam train step each (forward, backward, update), timed i
   (the cheapest masked step: the wrapper's own step costs more, ``benchmarks.step_overhead``);
 * ``lysed``: :func:`emrakul.export.lyse`'s compact params, Adam state and apply function.
 
-The table gives both step times, the speed-up (goals: 1.7x at 50% and 3x at 75% on the CPU) and
-the bytes of params plus Adam state. The lysed step's loss is checked against the masked one.
+The table gives both step times, the speed-up (goals: 1.7x at 50% and 3x at 75% on the CPU), the
+same for the jitted forward pass alone (inference, batch 256: the masked model multiplies its
+masks in, as during training) and the bytes of params plus Adam state. The lysed step's loss is
+checked against the masked one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ class _MLP(nn.Module):
         x = nn.relu(nn.Dense(1024)(x))
         x = nn.relu(nn.Dense(1024)(x))
         return nn.Dense(10)(x)
+
+
+class _Transformer(nn.Module):
+    """A pre-LayerNorm transformer block (d 128, 8 heads, MLP 512) on 16-token sequences."""
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        x = nn.Embed(256, 128)(ids)
+        h = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=8, qkv_features=128)(h, h)
+        h = nn.Dense(128)(nn.gelu(nn.Dense(512)(nn.LayerNorm()(x))))
+        return nn.Dense(10)(nn.LayerNorm()(x + h).mean(axis=1))
 
 
 class _Block(nn.Module):
@@ -117,9 +133,15 @@ def _case(name, model, x, fraction, rounds, repeats) -> list:
     want = masked(dead["params"], rest, m_state, x, y)[2]
     got = compact(lysed.variables["params"], small_rest, c_state, x, y)[2]
     assert abs(float(want) - float(got)) < 1e-4 * max(1.0, abs(float(want))), (want, got)
+    fwd_masked = jax.jit(
+        lambda p, r, x: model.apply({"params": jax.tree.map(jnp.multiply, p, mask), **r}, x)
+    )
+    fwd_lysed = jax.jit(lysed.apply)
     fns = {
         "masked": lambda: masked(dead["params"], rest, m_state, x, y),
         "lysed": lambda: compact(lysed.variables["params"], small_rest, c_state, x, y),
+        "masked_fwd": lambda: fwd_masked(dead["params"], rest, x),
+        "lysed_fwd": lambda: fwd_lysed(lysed.variables, x),
     }
     meds = [interleaved_medians(fns, rounds=rounds, warmup=2) for _ in range(repeats)]
     ms = {k: float(np.median([m[k] for m in meds])) * 1e3 for k in fns}
@@ -133,6 +155,9 @@ def _case(name, model, x, fraction, rounds, repeats) -> list:
         f"{ms['lysed']:.2f}",
         f"{ms['masked'] / ms['lysed']:.2f}x",
         " / ".join(f"{m['masked'] / m['lysed']:.2f}" for m in meds),
+        f"{ms['masked_fwd']:.2f}",
+        f"{ms['lysed_fwd']:.2f}",
+        f"{ms['masked_fwd'] / ms['lysed_fwd']:.2f}x",
         f"{mem_masked / 2**20:.2f} -> {mem_lysed / 2**20:.2f}",
     ]
 
@@ -146,6 +171,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     mlp_x = jnp.asarray(rng.normal(size=(256, 784)), jnp.float32)
     cnn_x = jnp.asarray(rng.normal(size=(256, 16, 16, 3)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 256, size=(256, 16)), jnp.int32)
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         rows.append(
@@ -154,6 +180,9 @@ def main() -> None:
         rows.append(
             _case("ResNet CNN 32/64", _ResNet(), cnn_x, fraction, args.rounds, args.repeats)
         )
+        rows.append(
+            _case("transformer block", _Transformer(), ids, fraction, args.rounds, args.repeats)
+        )
     header = [
         "model",
         "units removed",
@@ -161,6 +190,9 @@ def main() -> None:
         "lysed step ms",
         "speed-up",
         "per repeat",
+        "masked fwd ms",
+        "lysed fwd ms",
+        "fwd speed-up",
         "params + Adam MiB",
     ]
     print(f"\nAdam train step, batch 256, medians of {args.repeats} x {args.rounds} rounds")

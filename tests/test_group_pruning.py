@@ -15,7 +15,7 @@ from emrakul.export import cut, dependency_graph, group_pruning, lyse, lyse_trai
 from emrakul.wrapper.state import find_state
 
 
-def _train(apply, rest, tx, groups, params, state, x, y, steps):
+def _stepper(apply, rest, tx, groups, x, y):
     def loss(p, s):
         logits = apply({"params": groups.tied(p, s), **rest}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -26,6 +26,11 @@ def _train(apply, rest, tx, groups, params, state, x, y, steps):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
+    return step
+
+
+def _train(apply, rest, tx, groups, params, state, x, y, steps, step=None):
+    step = step or _stepper(apply, rest, tx, groups, x, y)
     for _ in range(steps):
         params, state = step(params, state)
     return params, state
@@ -97,3 +102,43 @@ def test_training_goes_on_after_lysis_as_the_masked_run_does():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     again = lyse_training(out.apply, out.variables, out.opt_state, out.groups, x, multiple_of=4)
     assert again.plan == {}  # nothing further lysed: no recompilation
+
+
+class _Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(64)(x))
+        x = nn.relu(nn.Dense(64)(x))
+        return nn.Dense(10)(x)
+
+
+def test_lysis_during_the_ramp_keeps_the_final_unit_count():
+    model, x = _Wide(), jax.random.normal(jax.random.key(1), (16, 20))
+    y = jnp.arange(16) % 10
+    v = model.init(jax.random.key(0), x)
+    groups = group_pruning(dependency_graph(model.apply, v, x), v)
+    tx = emrakul.wrap(
+        optax.adam(1e-3),
+        emrakul.controllers.gmp(start=0.1, end=0.5),
+        total_steps=100,
+        sparsity=0.75,
+        every=10,
+        filter=groups.filter,
+        structure=groups.structure,
+    )
+    apply, params, state = model.apply, v["params"], tx.init(v["params"])
+    targets = []
+    for _ in range(10):
+        params, state = _train(apply, {}, tx, groups, params, state, x, y, 10)
+        out = lyse_training(apply, {"params": params}, state, groups, x, multiple_of=8)
+        if out.plan:
+            apply, params, state, groups = (
+                out.apply,
+                out.variables["params"],
+                out.opt_state,
+                out.groups,
+            )
+            targets.append(np.asarray(find_state(state).knobs.target))
+    # the first lysis at step 30 (28 of 64 units lysed, 24 removed): 24 of the 40 left must go
+    np.testing.assert_allclose(targets[0], [0.6, 0.6], rtol=1e-6)
+    assert [params[f"Dense_{i}"]["kernel"].shape[1] for i in range(2)] == [16, 16]

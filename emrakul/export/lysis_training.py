@@ -72,19 +72,52 @@ def lysed_only(groups: GroupPruning, opt_state: Any, collection: str | None) -> 
     return keep
 
 
-def retarget(before: EmrakulState, after: EmrakulState) -> EmrakulState:
-    """``after`` with each pruned layer's target rescaled to the weights it has left:
-    ``t' = (t * n - removed non-alive) / n'`` (the original layer's final count is kept)."""
-    old = [s for s in jax.tree.leaves(before.life.state) if np.ndim(s) > 0]
-    new = [s for s in jax.tree.leaves(after.life.state) if np.ndim(s) > 0]
+def retarget(
+    before: EmrakulState, after: EmrakulState, plan: Plan, units: dict[str, int]
+) -> EmrakulState:
+    """``after`` with each pruned layer's target rescaled to what it has left.
+
+    A layer pruned by units along ``units[path]`` keeps its final number of dead units:
+    ``t' = (t * C - c) / (C - c)`` for ``c`` of its ``C`` units removed (its input rows going
+    changes no unit fraction). Any other layer keeps its final number of non-alive weights:
+    ``t' = (t * n - removed non-alive) / n'``.
+    """
+    flat_old = jax.tree_util.tree_flatten_with_path(before.life.state)[0]
+    flat_new = jax.tree_util.tree_leaves(after.life.state)
+    pairs = [
+        (jax.tree_util.keystr(p), s0, s1) for (p, s0), s1 in zip(flat_old, flat_new, strict=True)
+    ]
+    pairs = [(p, s0, s1) for p, s0, s1 in pairs if np.ndim(s0) > 0]
     target = np.asarray(before.knobs.target, np.float64).copy()
-    for i, (s0, s1) in enumerate(zip(old, new, strict=True)):
-        gone = int(np.sum(np.asarray(s0) != lifecycle.ALIVE)) - int(
-            np.sum(np.asarray(s1) != lifecycle.ALIVE)
-        )
-        target[i] = np.clip((target[i] * np.size(s0) - gone) / max(np.size(s1), 1), 0.0, 1.0)
+    for i, (path, s0, s1) in enumerate(pairs):
+        if path in units:
+            axis = units[path] % np.ndim(s0)
+            total = np.shape(s0)[axis]
+            cut_units = sum(len(pos) for a, pos in plan.get(path, ()) if a == axis)
+            new = (target[i] * total - cut_units) / max(total - cut_units, 1)
+        else:
+            alive0 = np.asarray(s0) != lifecycle.ALIVE
+            gone = int(alive0.sum()) - int(np.sum(np.asarray(s1) != lifecycle.ALIVE))
+            new = (target[i] * np.size(s0) - gone) / max(np.size(s1), 1)
+        target[i] = np.clip(new, 0.0, 1.0)
     knobs = after.knobs._replace(target=jnp.asarray(target, after.knobs.target.dtype))
     return after._replace(knobs=knobs)
+
+
+def _anything_to_remove(groups: GroupPruning, opt_state: Any, multiple_of: int) -> bool:
+    """Whether some leader has enough wholly lysed units to shrink to a lower multiple (a cheap
+    test on the lifecycle alone, so that calls with nothing to do cost nothing)."""
+    life = find_state(opt_state).life.state
+    for path, s in jax.tree_util.tree_flatten_with_path(life)[0]:
+        axis = groups.leaders.get(jax.tree_util.keystr(path))
+        if axis is None:
+            continue
+        s = np.moveaxis(np.asarray(s), axis, 0)
+        units = s.shape[0]
+        lysed = int((s.reshape(units, -1) == lifecycle.LYSED).all(axis=1).sum())
+        if -(-(units - lysed) // multiple_of) * multiple_of < units:
+            return True
+    return False
 
 
 def _replace_state(tree: Any, new: EmrakulState) -> Any:
@@ -115,8 +148,10 @@ def lyse_training(
     Returns:
       The :class:`TrainingLysis`.
     """
+    if not _anything_to_remove(groups, opt_state, multiple_of):
+        return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {})
     params = variables if collection is None else variables[collection]
-    tied = groups.tied(params, opt_state)
+    tied = jax.jit(groups.tied)(params, opt_state)
     eff = tied if collection is None else {**variables, collection: tied}
     keep = lysed_only(groups, opt_state, collection)
     out = lyse(
@@ -125,9 +160,10 @@ def lyse_training(
     if not out.plan:
         return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {})
     new_vars = cut(variables, out.plan)
-    new_state = _replace_state(
-        out.opt_state, retarget(find_state(opt_state), find_state(out.opt_state))
-    )
+    prefix = _prefix(collection)
+    rel_plan = {p[len(prefix) :]: cuts for p, cuts in out.plan.items() if p.startswith(prefix)}
+    state = retarget(find_state(opt_state), find_state(out.opt_state), rel_plan, groups.leaders)
+    new_state = _replace_state(out.opt_state, state)
     graph = dependency_graph(out.apply, new_vars, *example_args)
     new_groups = group_pruning(graph, new_vars, collection, prefer=groups.leaders)
     return TrainingLysis(new_vars, new_state, out.apply, new_groups, out.plan, out.removed)
