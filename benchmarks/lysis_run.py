@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,15 +30,8 @@ import optax
 
 import emrakul
 from benchmarks._timing import markdown_table
+from benchmarks.lysis_speed import _MLP
 from emrakul import export
-
-
-class _MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Dense(1024)(x))
-        x = nn.relu(nn.Dense(1024)(x))
-        return nn.Dense(10)(x)
 
 
 def _make_step(apply, groups, tx):

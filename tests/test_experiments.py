@@ -76,6 +76,7 @@ def test_sweep_skips_finished_cells(tmp_path):
     assert os.path.exists(os.path.join(work, "accuracy_vs_sparsity.png"))
 
 
+@pytest.mark.slow  # 74 s; sharding end to end is also tested in tests/test_sharding.py
 def test_sweep_shards_seeds_over_devices(tmp_path):
     """``--shard`` over 2 forced CPU devices: each device runs the 1-seed program, so seed 0
     equals an unsharded 1-seed sweep bit for bit (see tests/test_sharding.py for why 1 vs 2

@@ -41,15 +41,7 @@ def test_gmp_prunes_whole_groups_that_lysis_then_removes():
     graph = dependency_graph(apply, v, x)
     groups = group_pruning(graph, v)
     assert len(groups.leaders) == len(graph.groups) == 4 and groups.skipped == {}
-    tx = emrakul.wrap(
-        optax.adam(1e-2),
-        emrakul.controllers.gmp(start=0.0, end=0.5),
-        total_steps=20,
-        sparsity=0.5,
-        every=5,
-        filter=groups.filter,
-        structure=groups.structure,
-    )
+    tx = _gmp(groups, 1e-2, 0.0, 0.5, total=20, sparsity=0.5, every=5)
     rest = {"batch_stats": v["batch_stats"]}
     y = jnp.arange(3) % 10
     params, state = _train(apply, rest, tx, groups, v["params"], tx.init(v["params"]), x, y, 20)
@@ -65,11 +57,26 @@ def test_gmp_prunes_whole_groups_that_lysis_then_removes():
 
 
 class _MLP(nn.Module):
+    width: int = 16
+    classes: int = 3
+
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(nn.Dense(16)(x))
-        x = nn.relu(nn.Dense(16)(x))
-        return nn.Dense(3)(x)
+        x = nn.relu(nn.Dense(self.width)(x))
+        x = nn.relu(nn.Dense(self.width)(x))
+        return nn.Dense(self.classes)(x)
+
+
+def _gmp(groups, lr, start, end, total, sparsity, every):
+    return emrakul.wrap(
+        optax.adam(lr),
+        emrakul.controllers.gmp(start=start, end=end),
+        total_steps=total,
+        sparsity=sparsity,
+        every=every,
+        filter=groups.filter,
+        structure=groups.structure,
+    )
 
 
 def test_training_goes_on_after_lysis_as_the_masked_run_does():
@@ -77,15 +84,7 @@ def test_training_goes_on_after_lysis_as_the_masked_run_does():
     y = jnp.arange(8) % 3
     v = model.init(jax.random.key(0), x)
     groups = group_pruning(dependency_graph(model.apply, v, x), v)
-    tx = emrakul.wrap(
-        optax.adam(1e-2),
-        emrakul.controllers.gmp(start=0.0, end=0.25),
-        total_steps=120,
-        sparsity=0.5,
-        every=5,
-        filter=groups.filter,
-        structure=groups.structure,
-    )
+    tx = _gmp(groups, 1e-2, 0.0, 0.25, total=120, sparsity=0.5, every=5)
     params, state = _train(model.apply, {}, tx, groups, v["params"], tx.init(v["params"]), x, y, 40)
     out = lyse_training(model.apply, {"params": params}, state, groups, x, multiple_of=4)
     assert out.removed == {
@@ -104,28 +103,12 @@ def test_training_goes_on_after_lysis_as_the_masked_run_does():
     assert again.plan == {}  # nothing further lysed: no recompilation
 
 
-class _Wide(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(64)(x))
-        x = nn.relu(nn.Dense(64)(x))
-        return nn.Dense(10)(x)
-
-
 def test_lysis_during_the_ramp_keeps_the_final_unit_count():
-    model, x = _Wide(), jax.random.normal(jax.random.key(1), (16, 20))
+    model, x = _MLP(64, 10), jax.random.normal(jax.random.key(1), (16, 20))
     y = jnp.arange(16) % 10
     v = model.init(jax.random.key(0), x)
     groups = group_pruning(dependency_graph(model.apply, v, x), v)
-    tx = emrakul.wrap(
-        optax.adam(1e-3),
-        emrakul.controllers.gmp(start=0.1, end=0.5),
-        total_steps=100,
-        sparsity=0.75,
-        every=10,
-        filter=groups.filter,
-        structure=groups.structure,
-    )
+    tx = _gmp(groups, 1e-3, 0.1, 0.5, total=100, sparsity=0.75, every=10)
     apply, params, state = model.apply, v["params"], tx.init(v["params"])
     targets = []
     for _ in range(10):
@@ -142,3 +125,29 @@ def test_lysis_during_the_ramp_keeps_the_final_unit_count():
     # the first lysis at step 30 (28 of 64 units lysed, 24 removed): 24 of the 40 left must go
     np.testing.assert_allclose(targets[0], [0.6, 0.6], rtol=1e-6)
     assert [params[f"Dense_{i}"]["kernel"].shape[1] for i in range(2)] == [16, 16]
+
+
+@pytest.mark.slow  # ~15 s: the Magistrate's step compiles slowly
+def test_the_learned_controller_prunes_groups_too():
+    model, x = _MLP(64, 10), jax.random.normal(jax.random.key(1), (32, 20))
+    v = model.init(jax.random.key(0), x)
+    groups = group_pruning(dependency_graph(model.apply, v, x), v)
+    tx = emrakul.wrap(
+        optax.adam(1e-3),
+        emrakul.controllers.magistrate(),
+        total_steps=100,
+        sparsity=0.75,
+        every=10,
+        filter=groups.filter,
+        structure=groups.structure,
+    )
+    y = jnp.arange(32) % 10
+    params, state = _train(
+        model.apply, {}, tx, groups, v["params"], tx.init(v["params"]), x, y, 100
+    )
+    tied = {"params": groups.tied(params, state)}
+    out = lyse(model.apply, tied, x, opt_state=state)
+    dead = np.round(np.asarray(emrakul.layer_sparsity(state)) * 64).astype(int)
+    assert dead.sum() > 0
+    assert sorted(out.removed.values()) == sorted(dead.tolist())
+    np.testing.assert_allclose(out.apply(out.variables, x), model.apply(tied, x), atol=1e-5)

@@ -40,7 +40,7 @@ def checkpoint_bytes(path: str | os.PathLike) -> int:
     )
 
 
-def _checkpointer():
+def checkpointer():
     """orbax (imported on use) and a composite checkpointer."""
     import orbax.checkpoint as ocp
 
@@ -103,7 +103,19 @@ def save(
     if masks is None:
         masks = jax.tree.map(lambda _: np.bool_(True), params)
     arrays, meta = _describe(to_sparse(params, masks, nm_sizes=nm_sizes))
-    ocp, ckpt = _checkpointer()
+    return write_composite(path, arrays, meta, overwrite)
+
+
+def write_composite(path: str | os.PathLike, arrays: dict, meta: dict, overwrite: bool) -> int:
+    """Writes ``arrays`` (orbax ``StandardSave``) and ``meta`` (JSON) as one composite checkpoint.
+
+    Returns:
+      Its size on disk in bytes.
+
+    Raises:
+      ValueError: ``path`` exists and ``overwrite`` is False.
+    """
+    ocp, ckpt = checkpointer()
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path} exists; pass overwrite=True to replace it")
@@ -116,14 +128,15 @@ def save(
     return checkpoint_bytes(path)
 
 
-def _read_meta(ocp: Any, ckpt: Any, path: str) -> dict[str, Any]:
-    """The JSON meta of an Emrakul export; anything else raises ``ValueError``."""
+def read_meta(ocp: Any, ckpt: Any, path: str, fmt: str = _FORMAT, writer: str = "save") -> dict:
+    """The JSON meta of a composite checkpoint in format ``fmt``; anything else raises
+    ``ValueError`` naming the function that writes that format."""
     try:
         meta = ckpt.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as e:  # orbax raises various types for a foreign layout
-        raise ValueError(f"{path} is not a checkpoint written by emrakul.export.save") from e
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by emrakul.export.save")
+        raise ValueError(f"{path} is not a checkpoint written by emrakul.export.{writer}") from e
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{path} is not a checkpoint written by emrakul.export.{writer}")
     return meta
 
 
@@ -200,11 +213,11 @@ def load(path: str | os.PathLike, target: PyTree | None = None) -> tuple[PyTree,
       FileNotFoundError: ``path`` does not exist.
       ValueError: not an Emrakul export, or ``target`` does not match the saved leaves.
     """
-    ocp, ckpt = _checkpointer()
+    ocp, ckpt = checkpointer()
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    meta = _read_meta(ocp, ckpt, path)
+    meta = read_meta(ocp, ckpt, path)
     leaves = _read_leaves(ocp, ckpt, path, meta)
     ckpt.close()
     paths = [leaf["path"] for leaf in meta["leaves"]]

@@ -17,17 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emrakul.export.checkpoint import checkpoint_bytes
+from emrakul.export.checkpoint import checkpointer, read_meta, write_composite
 from emrakul.export.depgraph import leaf_paths
 from emrakul.export.lysis import Lineage, Plan, compact_apply
 
 _FORMAT = "emrakul.export.lysis/1"
-
-
-def _checkpointer():
-    import orbax.checkpoint as ocp
-
-    return ocp, ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
 def _compact_shape(shape: tuple, cuts: tuple) -> tuple:
@@ -76,17 +70,7 @@ def save_lysed(
         "plan": {p: [[a, pos.tolist()] for a, pos in cuts] for p, cuts in lineage.plan.items()},
     }
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-    ocp, ckpt = _checkpointer()
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise ValueError(f"{path} exists; pass overwrite=True to replace it")
-    ckpt.save(
-        path,
-        args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
-        force=overwrite,
-    )
-    ckpt.close()
-    return checkpoint_bytes(path)
+    return write_composite(path, arrays, meta, overwrite)
 
 
 def load_lysed(path: str | os.PathLike, apply_fn: Callable, template: Any) -> tuple[Any, Callable]:
@@ -103,14 +87,9 @@ def load_lysed(path: str | os.PathLike, apply_fn: Callable, template: Any) -> tu
     Raises:
       ValueError: not such a checkpoint, or ``template`` differs from the saved original.
     """
-    ocp, ckpt = _checkpointer()
+    ocp, ckpt = checkpointer()
     path = os.path.abspath(os.fspath(path))
-    try:
-        meta = ckpt.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    except Exception as e:  # orbax raises various types for a foreign layout
-        raise ValueError(f"{path} is not a checkpoint written by save_lysed") from e
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by save_lysed")
+    meta = read_meta(ocp, ckpt, path, _FORMAT, "save_lysed")
     flat, treedef = jax.tree_util.tree_flatten(template)
     paths = leaf_paths(template)
     saved = [(m["path"], tuple(m["shape"]), m["dtype"]) for m in meta["leaves"]]
