@@ -51,6 +51,32 @@ class Transformer(nn.Module):
         return nn.Dense(50)(nn.LayerNorm()(x + h))
 
 
+class Mixed(nn.Module):
+    """GroupNorm, a grouped and a depthwise convolution, pooling and a concatenation."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = nn.relu(nn.GroupNorm(num_groups=4)(nn.Conv(8, (3, 3))(x)))  # 4 groups of 2
+        b = nn.relu(nn.Conv(6, (1, 1))(x))
+        b = nn.relu(nn.Conv(6, (3, 3), feature_group_count=3)(b))  # 3 groups of 2 in, 2 out
+        c = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+        c = nn.avg_pool(nn.Conv(4, (3, 3), feature_group_count=4)(c), (2, 2), (2, 2))
+        h = jnp.concatenate([a.mean(axis=(1, 2)), b.mean(axis=(1, 2)), c.reshape(len(c), -1)], -1)
+        return nn.Dense(5)(h)
+
+
+class ReshapeAttention(nn.Module):
+    """Self-attention with heads made by reshaping Dense outputs (``[B, T, 8] -> [B, T, 2, 4]``)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, _ = x.shape
+        q, k, v = (nn.Dense(8)(x).reshape(b, t, 2, 4) for _ in range(3))
+        w = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k) / 2.0, axis=-1)
+        out = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, t, 8)
+        return nn.Dense(3)(nn.Dense(8)(out).mean(axis=1))
+
+
 class NnxMLP(nnx.Module):
     """Linear, LayerNorm, ReLU, Linear (Flax NNX)."""
 
@@ -94,6 +120,19 @@ def transformer() -> tuple:
     v = Transformer().init(jax.random.key(0), ids)
     v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), v)
     return Transformer().apply, v, ids
+
+
+def mixed() -> tuple:
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+    v = Mixed().init(jax.random.key(0), x)
+    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), v)
+    return Mixed().apply, v, x
+
+
+def reshape_attention() -> tuple:
+    x = jax.random.normal(jax.random.key(1), (2, 5, 6))
+    v = ReshapeAttention().init(jax.random.key(0), x)
+    return ReshapeAttention().apply, v, x
 
 
 def nnx_mlp() -> tuple:

@@ -8,11 +8,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from depgraph_models import eqx_cnn, kill_units, nnx_mlp, resnet, transformer
+from depgraph_models import (
+    eqx_cnn,
+    kill_units,
+    mixed,
+    nnx_mlp,
+    reshape_attention,
+    resnet,
+    transformer,
+)
 
 from emrakul.export import cut, dependency_graph, lyse
 
-MODELS = {"resnet": resnet, "transformer": transformer, "nnx_mlp": nnx_mlp, "eqx_cnn": eqx_cnn}
+MODELS = {
+    "resnet": resnet,
+    "transformer": transformer,
+    "nnx_mlp": nnx_mlp,
+    "eqx_cnn": eqx_cnn,
+    "mixed": mixed,
+    "reshape_attention": reshape_attention,
+}
 
 
 def _members(graph, name):
@@ -52,6 +67,38 @@ def test_transformer_groups_heads_head_dims_residual_and_mlp():
     stream = next(g for g in graph.groups if g.units == 32)
     assert "reduce_sum" in stream.reduced  # LayerNorm's mean over the stream
     assert len(stream.members) == 16
+
+
+def test_groupnorm_grouped_convs_and_concatenation_offsets():
+    apply, v, x = mixed()
+    graph = dependency_graph(apply, v, x)
+    units = {
+        g.name: (g.units, {m.path: m.positions.shape[1] for m in g.members}) for g in graph.groups
+    }
+    p = "['params']"
+    # GroupNorm keeps its 4 groups equal: a unit is a group of 2 channels (scale, bias, rows)
+    n, k = units[f"{p}['Conv_0']['kernel']:3"]
+    assert n == 4 and k[f"{p}['GroupNorm_0']['scale']"] == 2 and k[f"{p}['Dense_0']['kernel']"] == 2
+    # the grouped conv keeps its 3 groups: input position j of every group is one unit
+    n, k = units[f"{p}['Conv_1']['kernel']:3"]
+    assert n == 2 and k[f"{p}['Conv_1']['kernel']"] == 3
+    n, k = units[f"{p}['Conv_2']['kernel']:3"]
+    assert n == 2 and k[f"{p}['Dense_0']['kernel']"] == 3  # rows 8 + m, 10 + m, 12 + m
+    dense_rows = next(
+        m for m in graph.groups[0].members if m.path.endswith("['Dense_0']['kernel']")
+    )
+    assert dense_rows.positions.max() < 8  # the concatenation's offsets: a's rows come first
+    # a depthwise conv's channel goes with its input channel (the replay lowers the group count)
+    n, k = units[f"{p}['Conv_3']['kernel']:3"]
+    assert n == 4 and k[f"{p}['Conv_4']['kernel']"] == 1 and k[f"{p}['Dense_0']['kernel']"] == 4
+
+
+def test_reshaped_heads_are_units():
+    apply, v, x = reshape_attention()
+    graph = dependency_graph(apply, v, x)
+    q = next(g for g in graph.groups if g.name == "['params']['Dense_0']['kernel']:1")
+    assert q.units == 2  # two heads of 4 columns
+    assert {m.path for m in q.members} >= {"['params']['Dense_1']['kernel']"}  # k shares heads
 
 
 def test_flattened_conv_map_couples_each_channel_with_its_rows():

@@ -24,14 +24,23 @@ class Labels:
 
     def __init__(self) -> None:
         self.parent: list[int] = [0]
+        self.fresh: set[int] = set()
         self.deferred: list[tuple[np.ndarray, str]] = []
         self.reduced: list[tuple[np.ndarray, str]] = []
 
-    def new(self, n: int) -> np.ndarray:
-        """``n`` fresh elements."""
+    def new(self, n: int, broadcast: bool = False) -> np.ndarray:
+        """``n`` new elements (``broadcast``: of an axis a broadcast created, which couples only
+        where nothing else does: see :func:`unify`)."""
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
+        if broadcast:
+            self.fresh.update(range(start, start + n))
         return np.arange(start, start + n)
+
+    def broadcast_made(self, comp: np.ndarray) -> bool:
+        """Whether ``comp`` came from a broadcast (judged by its first non-fixed element)."""
+        nz = comp[comp != 0]
+        return bool(len(nz)) and int(nz[0]) in self.fresh
 
     def find(self, i: int) -> int:
         """The root of element ``i`` (with path halving)."""
@@ -87,7 +96,8 @@ def unify(labels: Labels, axes: list[Axis], reason: str) -> Axis:
 
     Wild axes are skipped. A purely fixed axis fixes everything coupled to it (``reason``). An
     axis with several non-fixed components couples them all (conservative: the union-find
-    cannot express "removed with either").
+    cannot express "removed with either"), except components a broadcast made next to others
+    (e.g. GroupNorm's statistics repeated over a group's channels), which would merge units.
     """
     real = [a for a in axes if a]
     if not real:
@@ -96,7 +106,11 @@ def unify(labels: Labels, axes: list[Axis], reason: str) -> Axis:
         for a in real:
             labels.fix(a, reason)
         return next(a for a in real if pure_fixed(a))
-    free = [c for a in real for c in a if c.any()]
+    free = []
+    for a in real:
+        comps = [c for c in a if c.any()]
+        own = [c for c in comps if not labels.broadcast_made(c)]
+        free.extend(own if own else comps)
     for comp in free[1:]:
         labels.union(free[0], comp)
     return real[0]

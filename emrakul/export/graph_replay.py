@@ -52,6 +52,10 @@ def _resized(eqn: Any, trace: Trace, dead: np.ndarray) -> dict:
             starts.append(int(keep[:s].sum()))
             limits.append(starts[-1] + int(keep[s:e].sum()))
         p["start_indices"], p["limit_indices"] = tuple(starts), tuple(limits)
+    elif name == "conv_general_dilated" and p["feature_group_count"] > 1:
+        lspec, rspec, _ = p["dimension_numbers"]
+        if eqn.invars[1].aval.shape[rspec[1]] == 1:  # depthwise: groups go with their channel
+            p["feature_group_count"] = _size(trace, eqn.invars[0], lspec[1], dead)
     elif name in ("dynamic_slice", "gather"):
         src = eqn.invars[0]
         full = src.aval.shape

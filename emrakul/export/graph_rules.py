@@ -155,7 +155,7 @@ def _elementwise(labels: Labels, axes: list, shapes: list, shape: tuple[int, ...
 
 def _broadcast(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) -> list:
     shape, dims = eqn.params["shape"], eqn.params["broadcast_dimensions"]
-    out: list[Axis] = [(labels.new(n),) if n > 1 else () for n in shape]
+    out: list[Axis] = [(labels.new(n, broadcast=True),) if n > 1 else () for n in shape]
     pv = [frozenset()] * len(shape)
     for i, d in enumerate(dims):
         if _shape(eqn.invars[0])[i] == shape[d]:
@@ -180,13 +180,25 @@ def _reshape(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) -> lis
             out[gj[0]] = merge([axes[0][i] for i in gi], [old[i] for i in gi])
             pv[gj[0]] = frozenset().union(*(prov[0][i] for i in gi))
             continue
-        src = [axes[0][i] for i in gi]
-        for a in src:
-            if a and not pure_fixed(a):
-                labels.fix(a, "a reshape that splits a unit axis")
         for j in gj:
             out[j] = fixed_axis(new[j])
+        src = [axes[0][i] for i in gi]
+        free = [c for a in src for c in a if c.any()]
+        if len(gi) == 1 and len(src[0]) == 1 and free:  # a split: units are the outer blocks
+            out[gj[0]] = _split_outer(labels, free[0], new[gj[0]])
+        else:
+            for a in src:
+                labels.fix(a, "a reshape that splits a merged unit axis")
     return [(out, tuple(pv))]
+
+
+def _split_outer(labels: Labels, comp: np.ndarray, outer: int) -> Axis:
+    """Splitting an axis into ``[outer, inner...]`` (heads and head dims, GroupNorm's groups):
+    each outer block becomes one unit (its inner positions coupled), the inner axes are fixed."""
+    blocks = comp.reshape(outer, -1)
+    for k in range(1, blocks.shape[1]):
+        labels.union(blocks[:, 0], blocks[:, k])
+    return (blocks[:, 0].copy(),)
 
 
 def _transpose(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) -> list:
@@ -221,17 +233,21 @@ def _conv(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) -> list |
     lhs, rhs = axes
     groups = p["feature_group_count"]
     lf, rin, rout = lhs[lspec[1]], rhs[rspec[1]], rhs[rspec[0]]
-    n_in, per = _shape(eqn.invars[0])[lspec[1]], _shape(eqn.invars[1])[rspec[1]]
+    per = _shape(eqn.invars[1])[rspec[1]]
     n_out = _shape(eqn.invars[1])[rspec[0]]
-    for g in range(groups):  # input position j of every group is one unit (groups stay equal)
-        unify(labels, [take(lf, np.arange(g * per, (g + 1) * per)) if lf else (), rin], _COUPLED)
     step = n_out // groups
-    for g in range(1, groups):
-        unify(
-            labels,
-            [take(rout, np.arange(step)), take(rout, np.arange(g * step, (g + 1) * step))],
-            "grouped conv",
-        )
+    if groups > 1 and per == 1:  # depthwise: input channel g and its outputs are one unit
+        for m in range(step):
+            unify(labels, [lf, take(rout, np.arange(m, n_out, step))], _COUPLED)
+    else:  # input position j of every group is one unit, and so is output position m
+        for g in range(groups):
+            unify(labels, [take(lf, np.arange(g * per, (g + 1) * per)), rin], _COUPLED)
+        for g in range(1, groups):
+            unify(
+                labels,
+                [take(rout, np.arange(step)), take(rout, np.arange(g * step, (g + 1) * step))],
+                _COUPLED,
+            )
     rec.consumed.update(prov[1][rspec[1]] | prov[0][lspec[1]])
     for d in rspec[2:]:
         if rhs[d] and not pure_fixed(rhs[d]):
@@ -239,7 +255,6 @@ def _conv(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) -> list |
     out_shape = _shape(eqn.outvars[0])
     out: list[Axis] = [fixed_axis(n) for n in out_shape]
     out[ospec[0]], out[ospec[1]] = lhs[lspec[0]], rout
-    del n_in
     return [(out, (frozenset(),) * len(out))]
 
 
@@ -266,12 +281,10 @@ def _concatenate(labels: Labels, eqn: Any, axes: list, prov: list, rec: Walk) ->
     shape = _shape(eqn.outvars[0])
     parts = []
     for op, v in zip(axes, eqn.invars, strict=True):
-        a, n = op[d], _shape(v)[d]
-        if len(a) == 1:
-            parts.append(a[0])
-        else:
-            labels.fix(a, "a merged axis concatenated")
-            parts.append(np.zeros(n, np.int64))
+        comps = [c for c in op[d] if c.any()]
+        if len(comps) > 1:
+            labels.fix(op[d], "a merged axis concatenated")
+        parts.append(comps[0] if len(comps) == 1 else np.zeros(_shape(v)[d], np.int64))
     out = [
         unify(labels, [op[i] for op in axes], _COUPLED) if i != d else (np.concatenate(parts),)
         for i in range(len(shape))
