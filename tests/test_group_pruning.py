@@ -151,3 +151,39 @@ def test_the_learned_controller_prunes_groups_too():
     assert dead.sum() > 0
     assert sorted(out.removed.values()) == sorted(dead.tolist())
     np.testing.assert_allclose(out.apply(out.variables, x), model.apply(tied, x), atol=1e-5)
+
+
+class _Residual(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(16, name="into")(x)
+        h = h + nn.Dense(16, name="add")(nn.relu(nn.Dense(16, name="hidden")(h)))
+        return nn.Dense(3, name="head")(h)
+
+
+def test_group_magnitude_ranks_a_unit_by_all_its_producers():
+    model, x = _Residual(), jax.random.normal(jax.random.key(1), (4, 16))
+    v = model.init(jax.random.key(0), x)
+    p = jax.tree.map(np.array, v["params"])
+    groups = group_pruning(dependency_graph(model.apply, v, x), v)
+    lead = "into" if "['into']['kernel']" in groups.leaders else "add"
+    other = {"into": "add", "add": "into"}[lead]  # both write the residual stream
+    p[lead]["kernel"][:, 5] = 1e-4  # the leader's column of unit 5 is tiny...
+    p[other]["kernel"][:, 5] = 10.0  # ...but the other producer writes it strongly
+    kept = {}
+    for name, choose in (("leader", lambda c: c), ("group", groups.group_magnitude)):
+        tx = emrakul.wrap(
+            optax.sgd(0.0),
+            choose(emrakul.controllers.one_shot(at=0.0)),
+            total_steps=10,
+            sparsity=0.5,
+            filter=groups.filter,
+            structure=groups.structure,
+        )
+        state = tx.init(p)
+        _, state = tx.update(jax.tree.map(jnp.zeros_like, p), state, p)
+        assert float(emrakul.sparsity(state)) == pytest.approx(0.5)
+        kept[name] = bool(
+            (np.asarray(find_state(state).life.state[lead]["kernel"])[:, 5] == 0).all()
+        )
+    assert kept == {"leader": False, "group": True}

@@ -8,8 +8,9 @@ prunes with ``Units(axis)`` (``filter`` and ``structure`` below; every controlle
 usual, the learned one included: each leader unit is a region), and :meth:`GroupPruning.tied`
 masks every other producing slice of the group (the *followers*) with its leader unit's
 state, so a pruned unit is dead everywhere and :func:`~emrakul.export.lyse` can remove it (the
-grouping of Fang et al. 2023, "DepGraph"; the unit's importance is the controller's score of the
-leader's slice, not yet aggregated over the members as DepGraph's group importance is).
+grouping of Fang et al. 2023, "DepGraph"). A unit's importance is the controller's score of the
+leader's slice; :meth:`GroupPruning.group_magnitude` replaces it by the group's magnitude over
+all producing members (DepGraph's group importance) for magnitude-ranking controllers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emrakul.controllers.base import Controller
 from emrakul.export.depgraph import DependencyGraph, Group
 from emrakul.masks.structures import Structure, Units, Unstructured
 from emrakul.surgery import lifecycle
@@ -89,6 +91,59 @@ class GroupPruning(NamedTuple):
             shape[f.axis] = -1
             leaves[f.path] = x * keep.reshape(shape)
         return treedef.unflatten([leaves[jax.tree_util.keystr(p)] for p, _ in flat])
+
+    def group_magnitude(self, controller: Controller) -> Controller:
+        """``controller`` ranking each leader unit by its group's magnitude instead of its own.
+
+        The drop score of a leader unit becomes the mean over the group's producing members of
+        the mean ``|w|`` of the unit's slices (DepGraph's group importance with an L1 norm and a
+        mean over members, Fang et al. 2023), spread over the unit's weights so that ``Units``
+        selection (which sums a unit's scores) ranks by it. Meant for controllers that rank by
+        magnitude (GMP, one-shot): any other score is replaced, not combined.
+        """
+
+        def decide(obs: Any, state: Any) -> tuple:
+            decision, state = controller.decide(obs, state)
+            scores = _group_scores(self, obs.params)
+
+            def swap(path: tuple, score: Any) -> Any:
+                key = jax.tree_util.keystr(path)
+                if key not in scores:
+                    return score
+                axis = self.leaders[key] % score.ndim
+                shape = [1] * score.ndim
+                shape[axis] = -1
+                per_weight = scores[key] / (score.size // score.shape[axis])
+                return jnp.broadcast_to(per_weight.reshape(shape), score.shape).astype(score.dtype)
+
+            drop = jax.tree_util.tree_map_with_path(swap, decision.drop_score)
+            return decision._replace(drop_score=drop), state
+
+        return controller._replace(name=f"{controller.name}+group", decide=decide)
+
+
+def _slice_means(x: jax.Array, axis: int, positions: np.ndarray) -> jax.Array:
+    """Mean ``|x|`` of each unit's slices (``positions[u]`` along ``axis``): float32 [units]."""
+    x = jnp.moveaxis(jnp.abs(x.astype(jnp.float32)), axis, 0)
+    per = x.reshape(x.shape[0], -1).mean(axis=1)
+    return per[positions].mean(axis=1)
+
+
+def _group_scores(groups: GroupPruning, params: Any) -> dict[str, jax.Array]:
+    """Leader path -> per leader position, the mean over the group's producing members (the
+    leader included) of the mean ``|w|`` of the unit's slices."""
+    leaves = {
+        jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    sums: dict[str, list] = {}
+    for path, axis in groups.leaders.items():
+        n = leaves[path].shape[axis]
+        sums[path] = [_slice_means(leaves[path], axis, np.arange(n)[:, None])]
+    for f in groups.followers:
+        n = leaves[f.leader].shape[f.leader_axis]
+        per_unit = _slice_means(leaves[f.path], f.axis, f.positions)
+        sums[f.leader].append(jnp.zeros(n, jnp.float32).at[f.leader_index].set(per_unit))
+    return {path: jnp.mean(jnp.stack(terms), axis=0) for path, terms in sums.items()}
 
 
 def _leader(group: Group, prefix: str, taken: set, shapes: dict, prefer: dict) -> Any:
