@@ -1,7 +1,8 @@
 """Environment steps per second of the compiled DQN loop on Breakout-MinAtar, pruned vs dense.
 
 Run: ``python -m benchmarks.dqn_speed [--widths 1,2] [--seeds 2] [--rounds 5]``
-(``--widths 1,2,4`` adds the 4x-wide network).
+(``--widths 1,2,4`` adds the 4x-wide network; ``--network impala --widths 1,3`` times the Impala
+ResNet instead of MinAtar's CNN; ``--conv-steps 0`` skips the convolution table).
 
 For each width, the dense and the GMP DQN programs (:mod:`emrakul.lab.hosts.dqn`, default MinAtar
 config: 4 environments, an update every 4 environment steps, batch 32, a surgery every
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--conv-steps", type=int, default=200)
     parser.add_argument("--skip-dqn", action="store_true", help="only the convolution timing")
+    parser.add_argument("--network", default="minatar", choices=dqn.NETWORKS)
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
@@ -94,7 +96,12 @@ def main() -> None:
         fns, steps = {}, {}
         for width in widths:
             for name in ("dense", "gmp"):
-                base = dqn.DQNConfig(width=width, controller=name, prune_every=args.prune_every)
+                base = dqn.DQNConfig(
+                    width=width,
+                    controller=name,
+                    prune_every=args.prune_every,
+                    network=args.network,
+                )
                 per = args.prune_every * base.train_every
                 config = base._replace(
                     total_env_steps=base.learning_starts + args.total_intervals * per
@@ -114,14 +121,17 @@ def main() -> None:
             rows.append([width, f"{steps[(width, 'dense')] / dense:.0f}",
                          f"{steps[(width, 'gmp')] / gmp:.0f}", f"{gmp / dense:.3f}"])  # fmt: skip
         print(
-            f"\nBreakout-MinAtar DQN, chunk of {args.intervals} x {args.prune_every} updates "
+            f"\nBreakout-MinAtar DQN ({args.network}), chunk of {args.intervals} x "
+            f"{args.prune_every} updates "
             f"(GMP to 95% ERK, surgery every {args.prune_every} updates), median of "
             f"{args.rounds} interleaved rounds"
         )
         header = ["width", "dense env steps/s", "gmp env steps/s", "gmp/dense time"]
         print(markdown_table(header, rows))
-    print(f"\nMinAtar Q-network forward+backward (batch 32), lax.scan of {args.conv_steps} steps")
-    print(conv_table(args.seeds, args.conv_steps, args.rounds))
+    if args.conv_steps > 0:
+        steps = args.conv_steps
+        print(f"\nMinAtar Q-network forward+backward (batch 32), lax.scan of {steps} steps")
+        print(conv_table(args.seeds, steps, args.rounds))
 
 
 if __name__ == "__main__":

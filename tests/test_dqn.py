@@ -10,8 +10,9 @@ import optax
 import pytest
 
 import emrakul
+from emrakul.export import dependency_graph
 from emrakul.lab.hosts import dqn, replay
-from emrakul.lab.hosts.rl_nets import Conv2D, MinAtarQNetwork, MLPQNetwork
+from emrakul.lab.hosts.rl_nets import Conv2D, ImpalaQNetwork, MinAtarQNetwork, MLPQNetwork
 
 # ---------------------------------------------------------------------------------------------
 # Replay buffer
@@ -170,6 +171,28 @@ def test_minatar_network_shapes(width, pooling, flat):
         MinAtarQNetwork(3, pooling="max").init(jax.random.PRNGKey(0), obs)
 
 
+@pytest.mark.parametrize("width,pooling,flat", [(1, "flatten", 2 * 2 * 32), (3, "gap", 96)])
+def test_impala_network_shapes_and_residual_streams(width, pooling, flat):
+    net = ImpalaQNetwork(num_actions=6, width=width, pooling=pooling)
+    obs = jnp.zeros((5, 10, 10, 4))
+    params = net.init(jax.random.PRNGKey(0), obs)["params"]
+    assert params["Conv2D_0"]["kernel"].shape == (3, 3, 4, 16 * width)
+    assert params["Conv2D_10"]["kernel"].shape == (3, 3, 32 * width, 32 * width)
+    assert params["Dense_0"]["kernel"].shape == (flat, 256 * width)
+    assert net.apply({"params": params}, obs).shape == (5, 6)
+    assert jax.vmap(lambda o: net.apply({"params": params}, o))(obs[None]).shape == (1, 5, 6)
+    # 15 convolutions and 2 dense layers, all pruned by the default filter
+    tx = emrakul.wrap(optax.sgd(0.1), emrakul.controllers.make("dense"), total_steps=10)
+    assert emrakul.layer_sparsity(tx.init(params)).shape == (17,)
+    # each stack is one residual stream: its first conv and both blocks' second convs
+    graph = dependency_graph(net.apply, {"params": params}, obs)
+    streams = [g for g in graph.groups if sum(m.path.endswith("['kernel']") and not m.consumer
+                                              for m in g.members) == 3]  # fmt: skip
+    assert len(streams) == 3
+    with pytest.raises(ValueError, match="pooling"):
+        ImpalaQNetwork(3, pooling="max").init(jax.random.PRNGKey(0), obs)
+
+
 def test_mlp_network_shapes():
     net = MLPQNetwork(num_actions=2, hidden=(32, 16))
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
@@ -313,6 +336,7 @@ def test_minatar_dqn_smoke():
         ("sparsity", 1.0),
         ("distribution", "dense"),
         ("pooling", "max"),
+        ("network", "resnet"),
         ("controller", "nope"),
         ("prune_end", 0.1),  # < prune_start
         ("prune_every", 0),

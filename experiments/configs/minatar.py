@@ -19,7 +19,9 @@ Every field, with its meaning:
   ``gmp`` prunes from ``dqn.prune_start`` to ``dqn.prune_end``; the other controllers use
   their defaults, except ``magistrate`` (below).
 * ``widths``: comma-separated positive ints, the MinAtar network's width multipliers (16 * w
-  conv channels, 128 * w hidden units). The normalising baseline is ``dense`` at width 1.
+  conv channels, 128 * w hidden units; with ``dqn.network=impala`` the Impala ResNet's
+  (16, 32, 32) * w channels and 256 * w hidden units). The normalising baseline is ``dense`` at
+  width 1.
 * ``seeds``: seeds per cell, vmapped in one program; the seeds are
   ``seed_offset, ..., seed_offset + seeds - 1`` (``jax.random.PRNGKey(seed)``). A cell that
   already has some of these seeds in ``results.jsonl`` runs only the missing ones.
@@ -101,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
             "eps_fraction": 0.05,
             "huber_delta": 1.0,
             "mlp_hidden": (64, 64),
+            "network": "minatar",
             "distribution": "erk",
             "prune_start": 0.2,
             "prune_end": 0.8,

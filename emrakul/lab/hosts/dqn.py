@@ -65,6 +65,7 @@ from emrakul import wrapper as wrap_mod
 from emrakul.lab.build import make_controller, schedule_kwargs, wrapped_adam
 from emrakul.lab.hosts import replay
 from emrakul.lab.hosts.dqn_config import (
+    NETWORKS,
     DQNConfig,
     _warmup_steps,
     count_intervals,
@@ -86,11 +87,12 @@ from emrakul.lab.hosts.dqn_steps import (
     update,
 )
 from emrakul.lab.hosts.envs import step_envs
-from emrakul.lab.hosts.rl_nets import MinAtarQNetwork, MLPQNetwork
+from emrakul.lab.hosts.rl_nets import ImpalaQNetwork, MinAtarQNetwork, MLPQNetwork
 from emrakul.lab.program import Program
 
 __all__ = [
     "DQN",
+    "NETWORKS",
     "DQNConfig",
     "DQNMetrics",
     "DQNState",
@@ -139,9 +141,11 @@ class DQN(NamedTuple):
 
 
 def make_network(config: DQNConfig, num_actions: int) -> nn.Module:
-    """MinAtar's CNN for ``*-MinAtar`` environments, the MLP otherwise."""
+    """MinAtar's CNN or the Impala ResNet (``config.network``) for ``*-MinAtar``
+    environments, the MLP otherwise."""
     if is_minatar(config.env_name):
-        return MinAtarQNetwork(num_actions, width=config.width, pooling=config.pooling)
+        net = ImpalaQNetwork if config.network == "impala" else MinAtarQNetwork
+        return net(num_actions, width=config.width, pooling=config.pooling)
     return MLPQNetwork(num_actions, hidden=tuple(config.mlp_hidden))
 
 

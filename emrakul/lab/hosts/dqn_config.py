@@ -19,6 +19,8 @@ from emrakul import controllers as ctl
 from emrakul.lab.hosts.rl_nets import POOLINGS
 from emrakul.surgery.budgets import DISTRIBUTIONS
 
+NETWORKS = ("minatar", "impala")
+
 
 class DQNConfig(NamedTuple):
     """DQN hyperparameters (defaults: MinAtar DQN as in Ceron & Castro 2021, "Revisiting
@@ -45,6 +47,8 @@ class DQNConfig(NamedTuple):
       huber_delta: the Huber loss's quadratic-to-linear threshold.
       width: width multiplier of the MinAtar network.
       pooling: ``"flatten"`` or ``"gap"`` (MinAtar network).
+      network: the MinAtar network: ``"minatar"`` (MinAtar's CNN) or ``"impala"`` (the Impala
+        ResNet, :class:`~emrakul.lab.hosts.rl_nets.ImpalaQNetwork`).
       mlp_hidden: hidden widths of the MLP used for non-MinAtar environments.
       controller: the pruning controller (``emrakul.controllers.NAMES``), ``"dense"`` included.
       sparsity: final target sparsity of the pruned kernels.
@@ -71,6 +75,7 @@ class DQNConfig(NamedTuple):
     huber_delta: float = 1.0
     width: int = 1
     pooling: str = "flatten"
+    network: str = "minatar"
     mlp_hidden: tuple[int, ...] = (64, 64)
     controller: str = "dense"
     sparsity: float = 0.95
@@ -156,6 +161,8 @@ def validate(config: DQNConfig) -> None:
             raise ValueError(f"config.{field} must be > 0, got {field}={value!r}")
     if config.pooling not in POOLINGS:
         raise ValueError(f"config.pooling must be one of {POOLINGS}, got {config.pooling!r}")
+    if config.network not in NETWORKS:
+        raise ValueError(f"config.network must be one of {NETWORKS}, got {config.network!r}")
     if config.distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"config.distribution must be one of {DISTRIBUTIONS}, got {config.distribution!r}"

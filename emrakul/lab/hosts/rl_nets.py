@@ -7,6 +7,11 @@
   flatten by global average pooling over the spatial positions, the dense control used by
   Sokar & Castro 2025 ("Mind the GAP! The Challenges of Scale in Pixel-based Deep Reinforcement
   Learning") when asking whether pruning helps only because the flatten layer is oversized.
+* :class:`ImpalaQNetwork`: the Impala ResNet (Espeholt et al. 2018, "IMPALA: Scalable
+  Distributed Deep-RL with Importance Weighted Actor-Learner Architectures"): three stacks of a
+  3x3 convolution, a 3x3 stride-2 max-pool and two residual blocks, channels ``(16, 32, 32) *
+  width``, then a ReLU ``Dense(256 * width)``; the network at which Obando-Ceron et al. 2024 and
+  Graesser et al. 2022 report that pruning helps, with the same ``pooling="gap"`` control.
 * :class:`MLPQNetwork`: a ReLU MLP for low-dimensional observations (CartPole).
 * :class:`MinAtarActorCritic` and :class:`MLPActorCritic`: the PPO host's policy-logit and value
   heads on MinAtar's torso, or separate tanh MLPs for the actor and the critic (PureJaxRL's
@@ -149,6 +154,61 @@ def minatar_torso(obs: jax.Array, width: int, pooling: str, name: str = "network
     x = nn.relu(Conv2D(16 * width, 3, padding="VALID")(obs.astype(jnp.float32)))
     x = jnp.mean(x, axis=(-3, -2)) if pooling == "gap" else x.reshape(*x.shape[:-3], -1)
     return nn.relu(nn.Dense(128 * width)(x))
+
+
+IMPALA_CHANNELS = (16, 32, 32)
+
+
+def impala_torso(obs: jax.Array, width: int, pooling: str, name: str = "network") -> jax.Array:
+    """The Impala ResNet torso (Espeholt et al. 2018) with the fast ``Conv2D`` ('SAME').
+
+    Per stack ``s`` with ``c = IMPALA_CHANNELS[s] * width`` channels: a convolution, a 3x3
+    max-pool with stride 2 ('SAME': 10x10 -> 5x5 -> 3x3 -> 2x2), then two residual blocks
+    ``x + conv(relu(conv(relu(x))))``; then ReLU, flatten (or global average pooling) and a ReLU
+    ``Dense(256 * width)``. Call it inside a compact ``__call__``.
+
+    Raises:
+      ValueError: a bad ``width`` / ``pooling`` or an observation not ``[..., H, W, C]``.
+    """
+    width = _positive_int("width", width)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got pooling={pooling!r}")
+    if obs.ndim < 3:
+        raise ValueError(f"{name} expects [..., H, W, C], got shape {obs.shape}")
+    x = obs.astype(jnp.float32)
+    lead = x.shape[:-3]
+    for channels in IMPALA_CHANNELS:
+        c = channels * width
+        x = Conv2D(c, 3, padding="SAME")(x)
+        pooled = nn.max_pool(x.reshape(-1, *x.shape[-3:]), (3, 3), (2, 2), padding="SAME")
+        x = pooled.reshape(*lead, *pooled.shape[-3:])
+        for _ in range(2):
+            h = Conv2D(c, 3, padding="SAME")(nn.relu(x))
+            x = x + Conv2D(c, 3, padding="SAME")(nn.relu(h))
+    x = nn.relu(x)
+    x = jnp.mean(x, axis=(-3, -2)) if pooling == "gap" else x.reshape(*lead, -1)
+    return nn.relu(nn.Dense(256 * width)(x))
+
+
+class ImpalaQNetwork(nn.Module):
+    """The Impala ResNet Q-network (see :func:`impala_torso`), one Q-value per action.
+
+    Attributes:
+      num_actions: number of Q-values.
+      width: multiplier of every stack's channels and of the dense layer.
+      pooling: ``"flatten"`` or ``"gap"`` (global average pooling before the dense layer).
+    """
+
+    num_actions: int
+    width: int = 1
+    pooling: str = "flatten"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        """Maps ``[..., H, W, C]`` observations to ``[..., num_actions]`` Q-values."""
+        num_actions = _positive_int("num_actions", self.num_actions)
+        x = impala_torso(obs, self.width, self.pooling, type(self).__name__)
+        return nn.Dense(num_actions)(x)
 
 
 class MLPQNetwork(nn.Module):
