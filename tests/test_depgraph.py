@@ -226,3 +226,18 @@ def test_what_the_graph_cannot_see_through_stays_intact_and_is_named():
 def test_a_leaf_that_is_not_an_array_is_named():
     with pytest.raises(ValueError, match=r"\['scale'\] is str"):
         dependency_graph(lambda p, x: x * 2, {"scale": "two"}, jnp.ones(3))
+
+
+def test_a_group_whose_removal_changes_the_outputs_stays_and_says_why():
+    def apply(p, x):  # a dead unit still sends sigmoid(0) = 0.5 on
+        return jax.nn.sigmoid(x @ p["w1"] + p["b1"]) @ p["w2"]
+
+    rng = np.random.default_rng(0)
+    p = {"w1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6), "w2": rng.normal(size=(6, 2))}
+    p = {k: v.astype(np.float32) for k, v in p.items()}
+    p["w1"][:, 2], p["b1"][2] = 0, 0
+    out = lyse(apply, p, np.ones((3, 4), np.float32))
+    assert out.removed == {} and out.plan == {}
+    (why,) = out.intact.values()
+    assert "outputs change by up to" in why
+    assert out.variables["w1"].shape == (4, 6)

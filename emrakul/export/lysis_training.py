@@ -36,6 +36,8 @@ class TrainingLysis(NamedTuple):
       groups: the group pruning of the compact model (same leaders).
       plan: what was removed (leaf path -> ``(axis, positions)``); empty when nothing was.
       removed: group name -> units removed.
+      intact: group name -> why its lysed units stayed (the compact model's outputs would
+        differ: training goes on masked for that group).
     """
 
     variables: Any
@@ -44,6 +46,7 @@ class TrainingLysis(NamedTuple):
     groups: GroupPruning
     plan: Plan
     removed: dict[str, int]
+    intact: dict[str, str]
 
 
 def _prefix(collection: str | None) -> str:
@@ -149,7 +152,7 @@ def lyse_training(
       The :class:`TrainingLysis`.
     """
     if not _anything_to_remove(groups, opt_state, multiple_of):
-        return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {})
+        return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {}, {})
     params = variables if collection is None else variables[collection]
     tied = jax.jit(groups.tied)(params, opt_state)
     eff = tied if collection is None else {**variables, collection: tied}
@@ -158,7 +161,7 @@ def lyse_training(
         apply_fn, eff, *example_args, opt_state=opt_state, keep=keep, multiple_of=multiple_of
     )
     if not out.plan:
-        return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {})
+        return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {}, out.intact)
     new_vars = cut(variables, out.plan)
     prefix = _prefix(collection)
     rel_plan = {p[len(prefix) :]: cuts for p, cuts in out.plan.items() if p.startswith(prefix)}
@@ -166,4 +169,6 @@ def lyse_training(
     new_state = _replace_state(out.opt_state, state)
     graph = dependency_graph(out.apply, new_vars, *example_args)
     new_groups = group_pruning(graph, new_vars, collection, prefer=groups.leaders)
-    return TrainingLysis(new_vars, new_state, out.apply, new_groups, out.plan, out.removed)
+    return TrainingLysis(
+        new_vars, new_state, out.apply, new_groups, out.plan, out.removed, out.intact
+    )
