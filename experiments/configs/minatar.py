@@ -52,6 +52,8 @@ Every field, with its meaning:
   * ``eps_start``, ``eps_end``, ``eps_fraction``: ε-greedy decays linearly from ``eps_start``
     to ``eps_end`` over the first ``eps_fraction`` of ``total_env_steps``.
   * ``mlp_hidden``: hidden widths of the MLP used for non-MinAtar games, e.g. ``"(64, 64)"``.
+  * ``network``: ``minatar`` (MinAtar's CNN) or ``impala`` (the Impala ResNet of Espeholt et
+    al. 2018, where Obando-Ceron et al. 2024 report their gains; ``_gap`` arms pool it too).
   * ``distribution``: per-layer sparsity budgets, ``erk`` or ``uniform``.
   * ``prune_start``, ``prune_end``: when pruning starts and ends, as fractions of the updates
     (GMP's schedule; the deployed Magistrate follows the window of its policy file's plan
