@@ -101,6 +101,10 @@ def test_training_goes_on_after_lysis_as_the_masked_run_does():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     again = lyse_training(out.apply, out.variables, out.opt_state, out.groups, x, multiple_of=4)
     assert again.plan == {}  # nothing further lysed: no recompilation
+    with pytest.raises(ValueError, match="multiple_of"):
+        lyse_training(out.apply, out.variables, out.opt_state, out.groups, x, multiple_of=0)
+    with pytest.raises(ValueError, match="collection 'params'"):
+        group_pruning(dependency_graph(model.apply, v, x), v["params"])
 
 
 def test_lysis_during_the_ramp_keeps_the_final_unit_count():

@@ -15,6 +15,7 @@ all producing members (DepGraph's group importance) for magnitude-ranking contro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -182,7 +183,17 @@ def group_pruning(
 
     Returns:
       The :class:`GroupPruning`.
+
+    Raises:
+      ValueError: ``variables`` have no ``collection``.
     """
+    if collection is not None and (
+        not isinstance(variables, Mapping) or collection not in variables
+    ):
+        raise ValueError(
+            f"variables have no collection {collection!r}; pass collection=None when the wrapper "
+            "prunes the variables themselves"
+        )
     prefix = (
         "" if collection is None else jax.tree_util.keystr((jax.tree_util.DictKey(collection),))
     )

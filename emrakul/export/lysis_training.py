@@ -150,7 +150,13 @@ def lyse_training(
 
     Returns:
       The :class:`TrainingLysis`.
+
+    Raises:
+      ValueError: ``multiple_of`` is not a positive int, or ``opt_state`` holds no
+        ``EmrakulState``.
     """
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"multiple_of must be a positive int, got {multiple_of!r}")
     if not _anything_to_remove(groups, opt_state, multiple_of):
         return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {}, {})
     params = variables if collection is None else variables[collection]
