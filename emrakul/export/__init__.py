@@ -21,8 +21,9 @@ nothing here is jitted). One module per idea:
   program on the smaller arrays (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning").
   :func:`group_pruning` makes each group one region of ``emrakul.wrap`` (a leader kernel pruned
   with ``Units``, the group's other producing slices tied to it) and :func:`lyse_training`
-  removes lysed units while the model trains; :func:`save_lysed` / :func:`load_lysed` store a
-  compact model with orbax and load it back runnable.
+  removes lysed units while the model trains (:func:`lyse_seeds`: for seeds vmapped in one
+  program, each seed's units permuted to one common width); :func:`save_lysed` /
+  :func:`load_lysed` store a compact model with orbax and load it back runnable.
 * :mod:`~emrakul.export.sparse`: :func:`to_sparse` / :func:`from_sparse` store masked kernels
   sparsely: unstructured kernels as values plus relative (delta) indices or a bitmap, N:M
   kernels as compressed values plus packed in-group indices (Han et al. 2015, "Learning both
@@ -45,6 +46,7 @@ from emrakul.export.depgraph import DependencyGraph, Group, Member, dependency_g
 from emrakul.export.group_pruning import GroupPruning, group_pruning
 from emrakul.export.lysis import Lineage, Lysis, compact_apply, compose, cut, cut_state, lyse
 from emrakul.export.lysis_checkpoint import load_lysed, save_lysed
+from emrakul.export.lysis_seeds import SeedLysis, lyse_seeds
 from emrakul.export.lysis_training import TrainingLysis, lyse_training
 from emrakul.export.resolve import resolve_masks
 from emrakul.export.sparse import SparseLeaf, from_sparse, to_sparse
@@ -57,6 +59,7 @@ __all__ = [
     "Lineage",
     "Lysis",
     "Member",
+    "SeedLysis",
     "SparseLeaf",
     "TrainingLysis",
     "checkpoint_bytes",
@@ -72,6 +75,7 @@ __all__ = [
     "load",
     "load_lysed",
     "lyse",
+    "lyse_seeds",
     "lyse_training",
     "resolve_masks",
     "save",

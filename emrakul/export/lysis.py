@@ -85,21 +85,34 @@ def _cut_leaf(x: Any, cuts: tuple) -> Any:
     return jnp.asarray(out) if isinstance(x, jax.Array) else out
 
 
-def cut(tree: Any, plan: Plan, prefix: str = "") -> Any:
-    """Applies ``plan`` to every parameter-shaped subtree of ``tree`` (paths under ``prefix``).
+def take_leaf(x: Any, ops: tuple) -> Any:
+    """``x`` with ``np.take(x, index, axis)`` applied for every ``(axis, index)`` (a permutation
+    of units: the leaf operation of :func:`cut` / :func:`cut_state` that reorders)."""
+    out = np.asarray(x)
+    for axis, index in ops:
+        out = np.take(out, index, axis=axis)
+    return jnp.asarray(out) if isinstance(x, jax.Array) else out
 
-    A subtree is parameter-shaped when its structure is that of the planned variables (or their
-    ``prefix`` collection) and its leaves have the parameters' shapes or are scalars (mask
-    markers); only leaves of the parameter's own shape are cut.
+
+def cut(tree: Any, plan: Plan, prefix: str = "", leaf_fn: Callable = _cut_leaf) -> Any:
+    """Applies ``plan`` to the leaves of ``tree`` it names (paths under ``prefix``).
+
+    ``leaf_fn(leaf, plan[path])`` does the work: removing positions by default, or
+    :func:`take_leaf` for a plan of ``(axis, index)`` reorderings.
     """
-    return _cut_matching(tree, plan, prefix, None)
+    return _cut_matching(tree, plan, prefix, None, leaf_fn)
 
 
-def _cut_matching(tree: Any, plan: Plan, prefix: str, like: Any) -> Any:
+def _cut_matching(
+    tree: Any, plan: Plan, prefix: str, like: Any, leaf_fn: Callable = _cut_leaf
+) -> Any:
+    """Applies ``plan`` to ``tree`` (``like=None``) or to every subtree of it shaped like
+    ``like``: its structure, leaves of the parameters' shapes or scalars (mask markers); only
+    leaves of the parameter's own shape change."""
     if like is None:
         return jax.tree_util.tree_map_with_path(
             lambda p, x: (
-                _cut_leaf(x, plan[prefix + jax.tree_util.keystr(p)])
+                leaf_fn(x, plan[prefix + jax.tree_util.keystr(p)])
                 if prefix + jax.tree_util.keystr(p) in plan
                 else x
             ),
@@ -120,7 +133,7 @@ def _cut_matching(tree: Any, plan: Plan, prefix: str, like: Any) -> Any:
             return node
         leaves = jax.tree_util.tree_leaves(node)
         new = [
-            _cut_leaf(x, plan[p]) if p in plan and np.shape(x) == s else x
+            leaf_fn(x, plan[p]) if p in plan and np.shape(x) == s else x
             for x, s, p in zip(leaves, shapes, paths, strict=True)
         ]
         return treedef.unflatten(new)
@@ -128,11 +141,12 @@ def _cut_matching(tree: Any, plan: Plan, prefix: str, like: Any) -> Any:
     return jax.tree_util.tree_map(cut_node, tree, is_leaf=matches)
 
 
-def cut_state(state: Any, variables: Any, plan: Plan) -> Any:
-    """Cuts every subtree of ``state`` shaped like ``variables`` or like its ``params``."""
-    state = _cut_matching(state, plan, "", variables)
+def cut_state(state: Any, variables: Any, plan: Plan, leaf_fn: Callable = _cut_leaf) -> Any:
+    """Cuts (or, with ``leaf_fn``, reorders) every subtree of ``state`` shaped like
+    ``variables`` or like its ``params``."""
+    state = _cut_matching(state, plan, "", variables, leaf_fn)
     if isinstance(variables, Mapping) and "params" in variables:
-        state = _cut_matching(state, plan, "['params']", variables["params"])
+        state = _cut_matching(state, plan, "['params']", variables["params"], leaf_fn)
     return state
 
 
@@ -260,17 +274,25 @@ def _to_multiple(dead: np.ndarray, multiple_of: int) -> np.ndarray:
     return out
 
 
-def _verified(apply_fn: Callable, eff: Any, args: tuple, cands: list, tol: tuple) -> tuple:
+def _verified(
+    apply_fn: Callable,
+    eff: Any,
+    args: tuple,
+    cands: list,
+    tol: tuple,
+    check: Callable | None = None,
+) -> tuple:
     """Drops the groups whose removal changes the outputs; returns ``(kept, intact reasons)``."""
+    check = check or _check
     intact: dict[str, str] = {}
-    if not cands or not _check(apply_fn, eff, args, make_plan(cands), tol):
+    if not cands or not check(apply_fn, eff, args, make_plan(cands), tol):
         return cands, intact
     for g, d in cands:
-        if why := _check(apply_fn, eff, args, make_plan([(g, d)]), tol):
+        if why := check(apply_fn, eff, args, make_plan([(g, d)]), tol):
             red = f" (reduced over by {', '.join(g.reduced)})" if g.reduced else ""
             intact[g.name] = why + red
     cands = [(g, d) for g, d in cands if g.name not in intact]
-    if cands and (why := _check(apply_fn, eff, args, make_plan(cands), tol)):
+    if cands and (why := check(apply_fn, eff, args, make_plan(cands), tol)):
         intact.update({g.name: f"together: {why}" for g, _ in cands})
         cands = []
     return cands, intact
