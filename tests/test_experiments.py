@@ -64,6 +64,7 @@ def test_train_rejects_bad_config_before_compiling(tmp_path):
     assert "config.prune.sparsity" in out.stderr
 
 
+@pytest.mark.slow  # 30 s; the grid's skipping is tested in tests/test_grid.py
 def test_sweep_skips_finished_cells(tmp_path):
     work = str(tmp_path / "sweep")
     args = [f"--workdir={work}", "--controllers=gmp", "--sparsities=0.8", "--seeds=2", *TINY]
