@@ -3,8 +3,10 @@
 Every axis of every value in a traced program carries *components*: integer arrays as long as
 the axis, naming for each position the element (unit) it belongs to. Element 0 is ``FIXED``: a
 position that must not be removed (a model input, a spatial axis, a constant of fixed size). An
-axis with no components is *wild*: created by broadcasting, it couples to nothing. An axis made
-by merging several (a flattened conv map) carries one component per merged axis; a position
+axis with no components is *wild* (a broadcast size-1 axis): it couples to nothing. A larger axis
+a broadcast creates gets new elements marked as broadcast-made: they take the units of whatever
+they meet (so a compact replay knows their size) but never merge two units. An axis made by
+merging several (a flattened conv map) carries one component per merged axis; a position
 disappears when any of its components is removed, so only the non-fixed components couple.
 Fixes found during the pass (an operation the graph cannot see through, a model output) are
 deferred with a reason and applied at the end, so the report can say why a group is intact
