@@ -108,14 +108,40 @@ def unify(labels: Labels, axes: list[Axis], reason: str) -> Axis:
         for a in real:
             labels.fix(a, reason)
         return next(a for a in real if pure_fixed(a))
-    free = []
+    per_axis = []
     for a in real:
         comps = [c for c in a if c.any()]
         own = [c for c in comps if not labels.broadcast_made(c)]
-        free.extend(own if own else comps)
+        per_axis.append(own if own else comps)
+    free = _one_part_each(labels, per_axis)
     for comp in free[1:]:
         labels.union(free[0], comp)
     return real[0]
+
+
+def _one_part_each(labels: Labels, per_axis: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """The components to couple: every single-component axis's, and of each merged axis the
+    part that matches them one to one (an im2col kernel's input channel, not its window tap),
+    else its outermost part (whole heads of flattened heads); its other parts are fixed. With no
+    single-component axis, everything couples (conservative)."""
+    singles = [f[0] for f in per_axis if len(f) == 1]
+    if not singles or all(len(f) <= 1 for f in per_axis):
+        return [c for f in per_axis for c in f]
+    anchor, chosen = singles[0], []
+    for f in per_axis:
+        match = [c for c in f if _one_to_one(anchor, c)]
+        pick = match[0] if match else f[0]
+        chosen.append(pick)
+        for c in f:
+            if c is not pick:
+                labels.fix((c,), "a merged axis coupled through another of its parts")
+    return chosen
+
+
+def _one_to_one(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the positions' elements in ``a`` and ``b`` correspond one to one."""
+    pairs = len(np.unique(np.stack([a, b]), axis=1)[0])
+    return pairs == len(np.unique(a)) == len(np.unique(b))
 
 
 def take(axis: Axis, index: np.ndarray) -> Axis:
