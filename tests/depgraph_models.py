@@ -135,6 +135,16 @@ def reshape_attention() -> tuple:
     return ReshapeAttention().apply, v, x
 
 
+def cnn_host() -> tuple:
+    """The lab's CNN1D host: im2col convolutions (kernels reshaped against shifted slices)."""
+    from emrakul.lab import hosts
+
+    model = hosts.make_host("cnn", (16, 32))
+    x = jax.random.normal(jax.random.key(2), (3, 40))
+    v = model.init(jax.random.key(0), x)
+    return model.apply, v, x
+
+
 def nnx_mlp() -> tuple:
     graphdef, state = nnx.split(NnxMLP(nnx.Rngs(0)))
     state = jax.tree.map(lambda a: a + 0.1, state)

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from depgraph_models import (
+    cnn_host,
     eqx_cnn,
     kill_units,
     mixed,
@@ -27,6 +28,7 @@ MODELS = {
     "eqx_cnn": eqx_cnn,
     "mixed": mixed,
     "reshape_attention": reshape_attention,
+    "cnn_host": cnn_host,
 }
 
 
