@@ -33,6 +33,7 @@ It is faster than ``flax.linen.Conv`` on XLA:CPU, above all when ``vmap``-ped ov
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -126,12 +127,13 @@ class MinAtarQNetwork(nn.Module):
     num_actions: int
     width: int = 1
     pooling: str = "flatten"
+    torso: ClassVar[Callable] = staticmethod(lambda *a: minatar_torso(*a))
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         """Maps ``[..., H, W, C]`` observations to ``[..., num_actions]`` Q-values."""
         num_actions = _positive_int("num_actions", self.num_actions)
-        x = minatar_torso(obs, self.width, self.pooling, type(self).__name__)
+        x = self.torso(obs, self.width, self.pooling, type(self).__name__)
         return nn.Dense(num_actions)(x)
 
 
@@ -190,7 +192,7 @@ def impala_torso(obs: jax.Array, width: int, pooling: str, name: str = "network"
     return nn.relu(nn.Dense(256 * width)(x))
 
 
-class ImpalaQNetwork(nn.Module):
+class ImpalaQNetwork(MinAtarQNetwork):
     """The Impala ResNet Q-network (see :func:`impala_torso`), one Q-value per action.
 
     Attributes:
@@ -199,16 +201,7 @@ class ImpalaQNetwork(nn.Module):
       pooling: ``"flatten"`` or ``"gap"`` (global average pooling before the dense layer).
     """
 
-    num_actions: int
-    width: int = 1
-    pooling: str = "flatten"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        """Maps ``[..., H, W, C]`` observations to ``[..., num_actions]`` Q-values."""
-        num_actions = _positive_int("num_actions", self.num_actions)
-        x = impala_torso(obs, self.width, self.pooling, type(self).__name__)
-        return nn.Dense(num_actions)(x)
+    torso: ClassVar[Callable] = staticmethod(lambda *a: impala_torso(*a))
 
 
 class MLPQNetwork(nn.Module):
