@@ -77,6 +77,19 @@ class ReshapeAttention(nn.Module):
         return nn.Dense(3)(nn.Dense(8)(out).mean(axis=1))
 
 
+class SmallMLP(nn.Module):
+    """Two ReLU Dense layers of ``width`` units and a Dense head (the group-pruning tests)."""
+
+    width: int = 16
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(self.width)(x))
+        x = nn.relu(nn.Dense(self.width)(x))
+        return nn.Dense(self.classes)(x)
+
+
 class NnxMLP(nnx.Module):
     """Linear, LayerNorm, ReLU, Linear (Flax NNX)."""
 
@@ -107,26 +120,28 @@ class EqxCNN(eqx.Module):
         return self.head(h.reshape(-1))
 
 
+def _perturbed(model: nn.Module, x, noise) -> tuple:
+    """``(apply, variables, x)`` with every leaf moved by ``noise(key, shape)`` (non-zero
+    biases and normalisation statistics)."""
+    v = model.init(jax.random.key(0), x)
+    v = jax.tree.map(lambda a: a + noise(jax.random.key(a.size), a.shape), v)
+    return model.apply, v, x
+
+
 def resnet() -> tuple:
     """``(apply, variables, example input)`` with random BatchNorm statistics."""
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
-    v = ResNet().init(jax.random.key(0), x)
-    v = jax.tree.map(lambda a: a + 0.3 * jax.random.uniform(jax.random.key(a.size), a.shape), v)
-    return ResNet().apply, v, x
+    return _perturbed(ResNet(), x, lambda k, s: 0.3 * jax.random.uniform(k, s))
 
 
 def transformer() -> tuple:
     ids = jax.random.randint(jax.random.key(1), (2, 5), 0, 50)
-    v = Transformer().init(jax.random.key(0), ids)
-    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), v)
-    return Transformer().apply, v, ids
+    return _perturbed(Transformer(), ids, lambda k, s: 0.1 * jax.random.normal(k, s))
 
 
 def mixed() -> tuple:
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
-    v = Mixed().init(jax.random.key(0), x)
-    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), v)
-    return Mixed().apply, v, x
+    return _perturbed(Mixed(), x, lambda k, s: 0.1 * jax.random.normal(k, s))
 
 
 def reshape_attention() -> tuple:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from depgraph_models import resnet
+from depgraph_models import SmallMLP, resnet
 
 import emrakul
 from emrakul.export import cut, dependency_graph, group_pruning, lyse, lyse_training
@@ -56,17 +56,6 @@ def test_gmp_prunes_whole_groups_that_lysis_then_removes():
         assert np.shape(s) == (np.shape(p) if lead else ())
 
 
-class _MLP(nn.Module):
-    width: int = 16
-    classes: int = 3
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(self.width)(x))
-        x = nn.relu(nn.Dense(self.width)(x))
-        return nn.Dense(self.classes)(x)
-
-
 def _gmp(groups, lr, start, end, total, sparsity, every):
     return emrakul.wrap(
         optax.adam(lr),
@@ -80,7 +69,7 @@ def _gmp(groups, lr, start, end, total, sparsity, every):
 
 
 def test_training_goes_on_after_lysis_as_the_masked_run_does():
-    model, x = _MLP(), jax.random.normal(jax.random.key(1), (8, 5))
+    model, x = SmallMLP(), jax.random.normal(jax.random.key(1), (8, 5))
     y = jnp.arange(8) % 3
     v = model.init(jax.random.key(0), x)
     groups = group_pruning(dependency_graph(model.apply, v, x), v)
@@ -108,7 +97,7 @@ def test_training_goes_on_after_lysis_as_the_masked_run_does():
 
 
 def test_lysis_during_the_ramp_keeps_the_final_unit_count():
-    model, x = _MLP(64, 10), jax.random.normal(jax.random.key(1), (16, 20))
+    model, x = SmallMLP(64, 10), jax.random.normal(jax.random.key(1), (16, 20))
     y = jnp.arange(16) % 10
     v = model.init(jax.random.key(0), x)
     groups = group_pruning(dependency_graph(model.apply, v, x), v)
@@ -133,7 +122,7 @@ def test_lysis_during_the_ramp_keeps_the_final_unit_count():
 
 @pytest.mark.slow  # ~15 s: the Magistrate's step compiles slowly
 def test_the_learned_controller_prunes_groups_too():
-    model, x = _MLP(64, 10), jax.random.normal(jax.random.key(1), (32, 20))
+    model, x = SmallMLP(64, 10), jax.random.normal(jax.random.key(1), (32, 20))
     v = model.init(jax.random.key(0), x)
     groups = group_pruning(dependency_graph(model.apply, v, x), v)
     tx = emrakul.wrap(

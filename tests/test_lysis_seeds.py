@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from depgraph_models import SmallMLP
 
 import emrakul
 from emrakul.export import dependency_graph, group_pruning
 from emrakul.export.lysis_seeds import lyse_seeds
-
-
-class _MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(16)(x))
-        x = nn.relu(nn.Dense(16)(x))
-        return nn.Dense(3)(x)
 
 
 def _steps(apply, groups, tx, x, y):
@@ -35,7 +27,7 @@ def _steps(apply, groups, tx, x, y):
 
 
 def test_seeds_lyse_different_units_to_one_width_and_train_on_identically():
-    model, x = _MLP(), jax.random.normal(jax.random.key(1), (8, 5))
+    model, x = SmallMLP(), jax.random.normal(jax.random.key(1), (8, 5))
     y = jnp.arange(8) % 3
     inits = [model.init(jax.random.key(s), x)["params"] for s in range(2)]
     groups = group_pruning(

@@ -46,7 +46,7 @@ from emrakul.export.depgraph import DependencyGraph, Group, Member, dependency_g
 from emrakul.export.group_pruning import GroupPruning, group_pruning
 from emrakul.export.lysis import Lineage, Lysis, compact_apply, compose, cut, cut_state, lyse
 from emrakul.export.lysis_checkpoint import load_lysed, save_lysed
-from emrakul.export.lysis_seeds import SeedLysis, lyse_seeds
+from emrakul.export.lysis_seeds import lyse_seeds
 from emrakul.export.lysis_training import TrainingLysis, lyse_training
 from emrakul.export.resolve import resolve_masks
 from emrakul.export.sparse import SparseLeaf, from_sparse, to_sparse
@@ -59,7 +59,6 @@ __all__ = [
     "Lineage",
     "Lysis",
     "Member",
-    "SeedLysis",
     "SparseLeaf",
     "TrainingLysis",
     "checkpoint_bytes",

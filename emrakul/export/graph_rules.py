@@ -26,7 +26,7 @@ from emrakul.export.graph_labels import (
     take,
     unify,
 )
-from emrakul.export.graph_layout import COUPLED, LAYOUT_RULES
+from emrakul.export.graph_layout import COUPLED, LAYOUT_RULES, _shape
 
 Prov = tuple[frozenset, ...]
 _COUPLED = COUPLED
@@ -68,10 +68,6 @@ class Trace(NamedTuple):
     consts: list
     axes: dict
     calls: dict
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v.aval.shape)
 
 
 def read(trace_axes: dict, v: Any) -> list[Axis]:

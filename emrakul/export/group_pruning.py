@@ -123,6 +123,11 @@ class GroupPruning(NamedTuple):
         return controller._replace(name=f"{controller.name}+group", decide=decide)
 
 
+def collection_prefix(collection: str | None) -> str:
+    """The leaf-path prefix of ``variables[collection]`` (empty for the variables themselves)."""
+    return "" if collection is None else jax.tree_util.keystr((jax.tree_util.DictKey(collection),))
+
+
 def _slice_means(x: jax.Array, axis: int, positions: np.ndarray) -> jax.Array:
     """Mean ``|x|`` of each unit's slices (``positions[u]`` along ``axis``): float32 [units]."""
     x = jnp.moveaxis(jnp.abs(x.astype(jnp.float32)), axis, 0)
@@ -194,9 +199,7 @@ def group_pruning(
             f"variables have no collection {collection!r}; pass collection=None when the wrapper "
             "prunes the variables themselves"
         )
-    prefix = (
-        "" if collection is None else jax.tree_util.keystr((jax.tree_util.DictKey(collection),))
-    )
+    prefix = collection_prefix(collection)
     shapes = {
         jax.tree_util.keystr(p): np.shape(x)
         for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]

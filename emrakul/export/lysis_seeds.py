@@ -12,14 +12,14 @@ one compact program serves them all.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from emrakul.export.depgraph import _assemble, dependency_graph, trace_model
-from emrakul.export.group_pruning import GroupPruning, group_pruning
+from emrakul.export.group_pruning import GroupPruning, collection_prefix, group_pruning
 from emrakul.export.lysis import (
     Plan,
     _descendant,
@@ -33,30 +33,8 @@ from emrakul.export.lysis import (
     make_plan,
     take_leaf,
 )
-from emrakul.export.lysis_training import _prefix, _replace_state, lysed_only, retarget
+from emrakul.export.lysis_training import TrainingLysis, _replace_state, lysed_only, retarget
 from emrakul.wrapper.state import find_state
-
-
-class SeedLysis(NamedTuple):
-    """The result of :func:`lyse_seeds` (inputs unchanged when ``plan`` is empty).
-
-    Attributes:
-      variables: the compact variables of every seed (leading seeds axis; dense values).
-      opt_state: the compact optimizer states (leading seeds axis; layer targets rescaled).
-      apply: the compact model's apply function (one seed's variables, as the original).
-      groups: the group pruning of the compact model.
-      plan: what was cut from each seed after its permutation (the same tail for all).
-      removed: group name -> units removed from every seed.
-      intact: group name -> why its units stayed.
-    """
-
-    variables: Any
-    opt_state: Any
-    apply: Callable
-    groups: GroupPruning
-    plan: Plan
-    removed: dict[str, int]
-    intact: dict[str, str]
 
 
 def _unstack(tree: Any, n: int) -> list:
@@ -109,7 +87,7 @@ def lyse_seeds(
     multiple_of: int = 1,
     collection: str | None = "params",
     tol: tuple[float, float] = (1e-5, 1e-5),
-) -> SeedLysis:
+) -> TrainingLysis:
     """Removes the units every seed has lysed, after aligning them (module docstring).
 
     Args:
@@ -123,7 +101,8 @@ def lyse_seeds(
       tol: ``(rtol, atol)`` of the output check.
 
     Returns:
-      The :class:`SeedLysis`.
+      A :class:`~emrakul.export.lysis_training.TrainingLysis` whose variables and optimizer
+      state carry the leading seeds axis (the plan: the tail cut after each seed's permutation).
     """
     n = len(jax.tree.leaves(variables)[0])
     vs, states = _unstack(variables, n), _unstack(opt_state, n)
@@ -134,7 +113,7 @@ def lyse_seeds(
         effs.append(tied(params, st) if collection is None else {**v, collection: tied(params, st)})
     traced = trace_model(apply_fn, effs[0], *example_args)
     graph = _assemble(traced.labels, traced.ids, traced.paths, traced.walk)
-    prefix = _prefix(collection)
+    prefix = collection_prefix(collection)
     checked = lambda p: p.startswith(prefix)
     removable = []
     for eff, st in zip(effs, states, strict=True):
@@ -161,10 +140,10 @@ def _finish(apply_fn, vs, states, effs, groups, args, cands, removable, graph, c
     effs = [_permute(e, p) for e, p in zip(effs, perms, strict=True)]
     cands, intact = _verified(apply_fn, effs, args, cands, tol, _check_seeds)
     if not cands:
-        return SeedLysis(_stack(vs), _stack(states), apply_fn, groups, {}, {}, intact)
+        return TrainingLysis(_stack(vs), _stack(states), apply_fn, groups, {}, {}, intact)
     plan = make_plan(cands)
     new_vs, new_states = [], []
-    prefix = _prefix(collection)
+    prefix = collection_prefix(collection)
     rel = {p[len(prefix) :]: c for p, c in plan.items() if p.startswith(prefix)}
     for v, st, e, perm in zip(vs, states, effs, perms, strict=True):
         v = _permute(v, perm)
@@ -178,4 +157,6 @@ def _finish(apply_fn, vs, states, effs, groups, args, cands, removable, graph, c
         dependency_graph(apply, first, *args), first, collection, prefer=groups.leaders
     )
     removed = {g.name: int(d.sum()) for g, d in cands}
-    return SeedLysis(_stack(new_vs), _stack(new_states), apply, new_groups, plan, removed, intact)
+    return TrainingLysis(
+        _stack(new_vs), _stack(new_states), apply, new_groups, plan, removed, intact
+    )

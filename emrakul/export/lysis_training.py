@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emrakul.export.depgraph import Group, dependency_graph
-from emrakul.export.group_pruning import GroupPruning, group_pruning
+from emrakul.export.group_pruning import GroupPruning, collection_prefix, group_pruning
 from emrakul.export.lysis import Plan, cut, lyse
 from emrakul.surgery import lifecycle
 from emrakul.wrapper.state import EmrakulState, find_state
@@ -49,14 +49,10 @@ class TrainingLysis(NamedTuple):
     intact: dict[str, str]
 
 
-def _prefix(collection: str | None) -> str:
-    return "" if collection is None else jax.tree_util.keystr((jax.tree_util.DictKey(collection),))
-
-
 def lysed_only(groups: GroupPruning, opt_state: Any, collection: str | None) -> Callable:
     """``keep`` for :func:`~emrakul.export.lyse`: a unit stays unless its leader slice is all
     ``LYSED`` (groups without a leader keep every unit)."""
-    prefix = _prefix(collection)
+    prefix = collection_prefix(collection)
     state = find_state(opt_state).life.state
     life = {
         jax.tree_util.keystr(p): np.asarray(s)
@@ -169,7 +165,7 @@ def lyse_training(
     if not out.plan:
         return TrainingLysis(variables, opt_state, apply_fn, groups, {}, {}, out.intact)
     new_vars = cut(variables, out.plan)
-    prefix = _prefix(collection)
+    prefix = collection_prefix(collection)
     rel_plan = {p[len(prefix) :]: cuts for p, cuts in out.plan.items() if p.startswith(prefix)}
     state = retarget(find_state(opt_state), find_state(out.opt_state), rel_plan, groups.leaders)
     new_state = _replace_state(out.opt_state, state)
