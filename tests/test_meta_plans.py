@@ -46,6 +46,7 @@ def test_population_scores_share_host_seeds(plan_group):
     np.testing.assert_allclose(fit, scores.val_accuracy.mean(1))
 
 
+@pytest.mark.slow  # ~60 s of CI: three searches (resuming itself is tested in tests/test_loop.py)
 def test_search_resumes_where_it_stopped(plan_group, tmp_path):
     cfg = es_search.SearchConfig(population=4, seeds=1, generations=2, sigma=0.3, lr=0.1)
     template = open_loop.zero_genome(3)

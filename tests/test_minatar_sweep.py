@@ -279,6 +279,7 @@ def test_curve_stats_drop_intervals_without_episodes():
     assert np.isfinite(ci[0]) and ci[0] > 0 and ci[1] == 0.0  # one seed: no interval, drawn as 0
 
 
+@pytest.mark.slow  # ~30 s of CI: a MinAtar Magistrate cell (the shipped-policy arm stays in CI)
 def test_named_policies_add_magistrate_arms(tmp_path):
     """``magistrate.policies`` NAME=PATH adds the arm magistrate_NAME, which deploys that policy;
     a run of it lands in results.jsonl under its own arm, with the magistrate controller."""

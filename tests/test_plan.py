@@ -63,6 +63,7 @@ def test_zero_plan_trains_exactly_as_the_heuristic(distribution, heuristic):
     assert all(((s == ALIVE) | (s == LYSED)).all() for s in states)
 
 
+@pytest.mark.slow  # ~40 s of CI: two trained runs (the zero-plan equality test above stays in CI)
 def test_a_plan_moves_weights_between_layers_at_the_same_total():
     config = tiny_config("erk")
     plan = zero_plan(3, 42)._replace(alloc=jnp.asarray([1.0, -1.0, 0.5]))
@@ -116,6 +117,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert ctl.make("planned", plan=path).needs_vitals
 
 
+@pytest.mark.slow  # ~40 s of CI: two trained runs
 def test_the_last_surgery_reaches_the_target_when_the_window_ends_later():
     config = tiny_config("erk")  # surgeries at steps 0, 10, ..., 50 of 60
     late = zero_plan(3, 42)._replace(end=jnp.float32(5.0))  # window end 0.95 * 60 = 57 > 50

@@ -58,6 +58,9 @@ RTOL, ATOL = 1e-5, 1e-6
 # it, and shares the 2 cores with the other pytest-xdist worker: more than the default 300 s
 # must be allowed
 pytestmark = pytest.mark.timeout(900)
+# the 8-device child costs ~140 s of CI's 20 minutes: its tests run with ``-m slow``; the
+# single-device tests below (mesh, placement, seed loops, validation) run in CI
+SLOW_CHILD = pytest.mark.slow
 
 
 def forced_env(devices: int) -> dict[str, str]:
@@ -178,10 +181,12 @@ def report(tmp_path_factory):
         return json.load(f)
 
 
+@SLOW_CHILD
 def test_child_sees_eight_devices(report):
     assert report["devices"] == 8
 
 
+@SLOW_CHILD
 def test_sharded_run_equals_unsharded(report):
     eq = report["equal"]
     np.testing.assert_array_equal(eq["test_accuracy"]["sharded"], eq["test_accuracy"]["unsharded"])
@@ -206,6 +211,7 @@ def test_sharded_run_equals_unsharded(report):
     assert report["compilations"] == {"sharded": 1, "unsharded": 1}
 
 
+@SLOW_CHILD
 def test_map_seed_loop_is_bit_identical_sharded_unsharded_and_alone(report):
     """``seed_loop="map"``: every seed runs the same one-seed program wherever it is placed."""
     m = report["map"]
@@ -220,6 +226,7 @@ def test_map_seed_loop_is_bit_identical_sharded_unsharded_and_alone(report):
     assert place["shard_leading"] == [1]
 
 
+@SLOW_CHILD
 def test_state_is_sharded_over_eight_devices(report):
     placed = report["placement"]
     # the state run_controller checkpoints after its last chunk: every leaf split over 8 devices
@@ -238,6 +245,7 @@ def test_state_is_sharded_over_eight_devices(report):
     assert placed["unsharded_device_set_sizes"] == [1]
 
 
+@SLOW_CHILD
 def test_seeds_must_divide_over_the_devices(report):
     errors = report["divisibility"]
     for where in ["shard_seeds", "run_controller"]:
@@ -246,6 +254,7 @@ def test_seeds_must_divide_over_the_devices(report):
     assert errors["run_controller_seconds"] < 5  # raised before anything compiles
 
 
+@SLOW_CHILD
 def test_unsharded_checkpoint_resumes_sharded(report):
     resumed = report["resume"]
     assert resumed["resumed_from"] == 2
@@ -253,6 +262,7 @@ def test_unsharded_checkpoint_resumes_sharded(report):
     assert resumed["quarantined"] == []
 
 
+@SLOW_CHILD
 def test_sharded_checkpoint_resumes_on_one_device(report, tmp_path):
     """The 8-device run's checkpoints restore in this process (one device), unsharded."""
     import shutil
@@ -271,6 +281,7 @@ def test_sharded_checkpoint_resumes_on_one_device(report, tmp_path):
     np.testing.assert_array_equal(r.test["accuracy"], report["equal"]["test_accuracy"]["sharded"])
 
 
+@SLOW_CHILD
 def test_train_main_job_shards_end_to_end(report, tmp_path):
     work = str(tmp_path / "run")
     out = run_forced(["-m", "experiments.train", f"--workdir={work}", "--shard", *TINY], 600)
@@ -299,6 +310,7 @@ def test_train_rejects_shard_for_the_rl_branch(tmp_path):
 
 
 @pytest.mark.slow
+@SLOW_CHILD
 def test_two_processes_share_one_mesh(report, tmp_path):
     """Multi-host start: 2 processes x 4 CPU devices (gloo) join one 8-device mesh."""
     with socket.socket() as s:

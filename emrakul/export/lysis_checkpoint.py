@@ -31,6 +31,18 @@ def _compact_shape(shape: tuple, cuts: tuple) -> tuple:
     return tuple(shape)
 
 
+def plan_to_json(plan: Plan) -> dict:
+    """``plan`` as JSON-able lists (path -> ``[[axis, positions], ...]``)."""
+    return {p: [[int(a), np.asarray(pos).tolist()] for a, pos in cuts] for p, cuts in plan.items()}
+
+
+def plan_from_json(data: dict) -> Plan:
+    """The plan :func:`plan_to_json` wrote."""
+    return {
+        p: tuple((int(a), np.asarray(pos, np.int64)) for a, pos in cuts) for p, cuts in data.items()
+    }
+
+
 def save_lysed(
     path: str | os.PathLike, variables: Any, apply: Callable, *, overwrite: bool = False
 ) -> int:
@@ -67,7 +79,7 @@ def save_lysed(
             {"path": p, "shape": list(t.shape), "dtype": str(t.dtype)}
             for p, t in zip(paths, tmpl, strict=True)
         ],
-        "plan": {p: [[a, pos.tolist()] for a, pos in cuts] for p, cuts in lineage.plan.items()},
+        "plan": plan_to_json(lineage.plan),
     }
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
     return write_composite(path, arrays, meta, overwrite)
@@ -99,10 +111,7 @@ def load_lysed(path: str | os.PathLike, apply_fn: Callable, template: Any) -> tu
         raise ValueError(
             f"template differs from the saved original: saved {diff[0]}, given {diff[1]}"
         )
-    plan: Plan = {
-        p: tuple((a, np.asarray(pos, np.int64)) for a, pos in cuts)
-        for p, cuts in meta["plan"].items()
-    }
+    plan = plan_from_json(meta["plan"])
     abstract = {
         f"leaf_{i:05d}": jax.ShapeDtypeStruct(_compact_shape(s, plan.get(p, ())), jnp.dtype(d))
         for i, (p, s, d) in enumerate(saved)

@@ -33,7 +33,7 @@ from emrakul.export.lysis import (
     make_plan,
     take_leaf,
 )
-from emrakul.export.lysis_training import TrainingLysis, _replace_state, lysed_only, retarget
+from emrakul.export.lysis_training import TrainingLysis, _replace_state, count_lysed, lysed_only
 from emrakul.wrapper.state import find_state
 
 
@@ -131,7 +131,7 @@ def lyse_seeds(
 
 
 def _finish(apply_fn, vs, states, effs, groups, args, cands, removable, graph, collection, tol):
-    """Permutes every seed, checks, cuts the common tail and rescales the targets."""
+    """Permutes every seed, checks, cuts the common tail and counts what went in the lysis knobs."""
     index = {id(g): k for k, g in enumerate(graph.groups)}
     perms = []
     for r in removable:
@@ -149,7 +149,7 @@ def _finish(apply_fn, vs, states, effs, groups, args, cands, removable, graph, c
         v = _permute(v, perm)
         small = cut_state(_permute(st, perm, e), e, plan)
         new_vs.append(cut(v, plan))
-        after = retarget(find_state(st), find_state(small), rel, groups.leaders)
+        after = count_lysed(find_state(st), find_state(small), rel, groups.leaders)
         new_states.append(_replace_state(small, after))
     apply = _descendant(apply_fn, effs[0], plan)
     first = new_vs[0]

@@ -4,9 +4,13 @@ The recipe for a training loop pruned by ``emrakul.wrap`` with group pruning
 (:mod:`~emrakul.export.group_pruning`): every so often call :func:`lyse_training`; when its plan
 is not empty, continue with its variables, optimizer state and apply function and rebuild (and
 re-jit) the train step. Only units whose leader is entirely ``LYSED`` go (sedated units may wake),
-``multiple_of`` rounds the surviving widths so a run recompiles a handful of times, and each
-pruned layer's target is rescaled so that the final number of non-alive weights of the original
-layer is kept. Controllers that regrow lysed weights (RigL, SET) lose the removed units for good.
+``multiple_of`` rounds the surviving widths so a run recompiles a handful of times, and every
+later surgery asks each compact layer for the original layer's number of pruned units (or
+weights) less those removed (``Knobs.lysed``, ``Knobs.kept``). Training then goes on exactly as it
+would have masked once the sparsity schedule is done; during it, a layer whose input units were
+removed ranks its own units without those inputs' rows (which a masked run still counts), so
+it may choose other units, but as many. Controllers that regrow lysed weights (RigL, SET) lose the
+removed units for good.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ class TrainingLysis(NamedTuple):
 
     Attributes:
       variables: the compact variables (dense values: sedated weights keep theirs).
-      opt_state: the compact optimizer state (inner moments, lifecycle, vital signs cut; layer
-        targets rescaled).
+      opt_state: the compact optimizer state (inner moments, lifecycle, vital signs cut; the
+        lysis knobs updated).
       apply: the compact model's apply function.
       groups: the group pruning of the compact model (same leaders).
       plan: what was removed (leaf path -> ``(axis, positions)``); empty when nothing was.
@@ -71,15 +75,16 @@ def lysed_only(groups: GroupPruning, opt_state: Any, collection: str | None) -> 
     return keep
 
 
-def retarget(
+def count_lysed(
     before: EmrakulState, after: EmrakulState, plan: Plan, units: dict[str, int]
 ) -> EmrakulState:
-    """``after`` with each pruned layer's target rescaled to what it has left.
+    """``after`` with each pruned layer's lysis knobs (``Knobs.lysed``, ``Knobs.kept``) updated.
 
-    A layer pruned by units along ``units[path]`` keeps its final number of dead units:
-    ``t' = (t * C - c) / (C - c)`` for ``c`` of its ``C`` units removed (its input rows going
-    changes no unit fraction). Any other layer keeps its final number of non-alive weights:
-    ``t' = (t * n - removed non-alive) / n'``.
+    Of a layer pruned by units along ``units[path]``, ``c`` of its ``C`` units removed count as
+    pruned and ``(C - c) / C`` of it is left (its input rows going changes no unit fraction); of
+    any other layer, the removed non-alive weights count as pruned and ``n' / n`` is left. Both
+    are kept relative to the original layer, so every later surgery asks the compact layer for
+    the same number of pruned units (or weights) as the masked run's.
     """
     flat_old = jax.tree_util.tree_flatten_with_path(before.life.state)[0]
     flat_new = jax.tree_util.tree_leaves(after.life.state)
@@ -87,19 +92,24 @@ def retarget(
         (jax.tree_util.keystr(p), s0, s1) for (p, s0), s1 in zip(flat_old, flat_new, strict=True)
     ]
     pairs = [(p, s0, s1) for p, s0, s1 in pairs if np.ndim(s0) > 0]
-    target = np.asarray(before.knobs.target, np.float64).copy()
+    lysed = np.asarray(before.knobs.lysed, np.float64).copy()
+    kept = np.asarray(before.knobs.kept, np.float64).copy()
     for i, (path, s0, s1) in enumerate(pairs):
         if path in units:
             axis = units[path] % np.ndim(s0)
             total = np.shape(s0)[axis]
-            cut_units = sum(len(pos) for a, pos in plan.get(path, ()) if a == axis)
-            new = (target[i] * total - cut_units) / max(total - cut_units, 1)
+            gone = sum(len(pos) for a, pos in plan.get(path, ()) if a == axis)
+            left = (total - gone) / total
         else:
             alive0 = np.asarray(s0) != lifecycle.ALIVE
             gone = int(alive0.sum()) - int(np.sum(np.asarray(s1) != lifecycle.ALIVE))
-            new = (target[i] * np.size(s0) - gone) / max(np.size(s1), 1)
-        target[i] = np.clip(new, 0.0, 1.0)
-    knobs = after.knobs._replace(target=jnp.asarray(target, after.knobs.target.dtype))
+            total, left = np.size(s0), np.size(s1) / np.size(s0)
+        lysed[i] += kept[i] * gone / total
+        kept[i] *= left
+    knobs = after.knobs._replace(
+        lysed=jnp.asarray(lysed, after.knobs.lysed.dtype),
+        kept=jnp.asarray(kept, after.knobs.kept.dtype),
+    )
     return after._replace(knobs=knobs)
 
 
@@ -167,7 +177,7 @@ def lyse_training(
     new_vars = cut(variables, out.plan)
     prefix = collection_prefix(collection)
     rel_plan = {p[len(prefix) :]: cuts for p, cuts in out.plan.items() if p.startswith(prefix)}
-    state = retarget(find_state(opt_state), find_state(out.opt_state), rel_plan, groups.leaders)
+    state = count_lysed(find_state(opt_state), find_state(out.opt_state), rel_plan, groups.leaders)
     new_state = _replace_state(out.opt_state, state)
     graph = dependency_graph(out.apply, new_vars, *example_args)
     new_groups = group_pruning(graph, new_vars, collection, prefer=groups.leaders)

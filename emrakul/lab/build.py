@@ -110,14 +110,19 @@ def monitor_split(config: ml_collections.ConfigDict, data: hosts.Dataset) -> hos
 
 
 def config_adam(
-    config: ml_collections.ConfigDict, controller: ctl.Controller, total_steps: int, structure
+    config: ml_collections.ConfigDict,
+    controller: ctl.Controller,
+    total_steps: int,
+    structure,
+    filter_fn=None,
 ) -> optax.GradientTransformationExtraArgs:
-    """:func:`wrapped_adam` with a classifier config's ``train.lr`` and ``prune`` fields."""
+    """:func:`wrapped_adam` with a classifier config's ``train.lr`` and ``prune`` fields
+    (``filter_fn``: ``wrap``'s ``filter``, the pruned leaves)."""
     p = config.prune
     return wrapped_adam(
-        controller, lr=config.train.lr, total_steps=total_steps, sparsity=p.sparsity,
-        distribution=p.distribution, structure=structure, every=int(p.every),
-        cooldown=p.cooldown, anesthesia_threshold=p.anesthesia.threshold,
+        controller, filter=filter_fn, lr=config.train.lr, total_steps=total_steps,
+        sparsity=p.sparsity, distribution=p.distribution, structure=structure,
+        every=int(p.every), cooldown=p.cooldown, anesthesia_threshold=p.anesthesia.threshold,
         anesthesia_depth=p.anesthesia.depth, anesthesia_recovery=p.anesthesia.recovery,
         vitals_decay=p.vitals_decay, vitals_every=int(p.get("vitals_every", VITALS_EVERY)),
         compact_vitals=bool(p.get("compact_vitals", False)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -42,7 +43,7 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
+    def restore_latest(self, abstract_state: Any | Callable[[int], Any]) -> tuple[int, Any] | None:
         """Restores the newest checkpoint that loads; ``None`` if there is none at all.
 
         A checkpoint that fails to load is reported (logged with its step and the error), moved
@@ -50,7 +51,8 @@ class Checkpointer:
 
         Args:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (``jax.eval_shape`` of the
-            state) giving the structure, shapes and dtypes to restore into.
+            state) giving the structure, shapes and dtypes to restore into, or a function of
+            the step returning it (a run whose shapes change, e.g. by lysis).
 
         Raises:
           CheckpointError: checkpoints exist but none of them could be restored.
@@ -60,8 +62,9 @@ class Checkpointer:
             return None
         errors = []
         for step in reversed(steps):
+            abstract = abstract_state(step) if callable(abstract_state) else abstract_state
             try:
-                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except Exception as e:  # any failure means "damaged": try the previous one
                 logging.warning(
                     "checkpoint %d in %s is damaged or incompatible (%s: %s); trying the previous",
@@ -73,7 +76,7 @@ class Checkpointer:
                 errors.append(f"step {step}: {type(e).__name__}")
                 self._quarantine(step)
                 continue
-            _check_shapes(state, abstract_state, step)
+            _check_shapes(state, abstract, step)
             return step, state
         raise CheckpointError(
             f"no checkpoint in {self.directory} could be restored ({'; '.join(errors)})"

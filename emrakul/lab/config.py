@@ -16,6 +16,7 @@ from emrakul.masks import native
 from emrakul.masks.structures import NM, Structure, Units, Unstructured
 
 STRUCTURES = ("unstructured", "nm:N:M", "units")
+GROUPS = "groups"  # dependency groups of the host (emrakul.export.group_pruning): loop only
 DISTRIBUTIONS = ("uniform", "erk")
 HOSTS = ("mlp", "cnn")
 
@@ -60,7 +61,8 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
         "prune.distribution",
         f"unknown distribution '{p.distribution}'; use {DISTRIBUTIONS}",
     )
-    structure = structure_from_config(p.structure)
+    groups = isinstance(p.structure, str) and p.structure.strip().lower() == GROUPS
+    structure = Unstructured() if groups else structure_from_config(p.structure)
     if isinstance(structure, NM) and structure.n is not None:
         implied = 1.0 - structure.n / structure.m
         _need(
@@ -86,6 +88,18 @@ def validate(config: ml_collections.ConfigDict, controllers: Sequence[str] | Non
     _need(0.0 < float(config.data.val) < 0.5, "data.val", "must lie in (0, 0.5)")
     for field in ("extra_val", "extra_test", "monitor"):
         _need(int(config.data.get(field, 0)) >= 0, f"data.{field}", "must be >= 0")
+    _validate_lysis(config, groups)
+
+
+def _validate_lysis(config: ml_collections.ConfigDict, groups: bool) -> None:
+    lysis = config.get("lysis", {})
+    every, multiple_of = lysis.get("every", 0), lysis.get("multiple_of", 8)
+    for field, value, low in (("every", every, 0), ("multiple_of", multiple_of, 1)):
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low
+        _need(ok, f"lysis.{field}", f"must be an int >= {low}, got {value!r}")
+    _need(every == 0 or groups, "lysis.every",
+          f"lysis removes dependency groups: set prune.structure='{GROUPS}' (got "
+          f"{config.prune.structure!r})")  # fmt: skip
 
 
 def apply_runtime_options(config: ml_collections.ConfigDict) -> None:

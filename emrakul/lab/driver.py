@@ -13,9 +13,7 @@ and Scalable Parallelization for ML Computation Graphs").
 
 from __future__ import annotations
 
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -23,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emrakul.lab import driver_lysis as dly
 from emrakul.lab import sharding as shd
 from emrakul.lab.checkpoint import Checkpointer
 from emrakul.lab.program import Program, check_program
 from emrakul.lab.progress import Progress, bar, clock, line  # noqa: F401
-from emrakul.masks import native
 
 STEP_UNITS = ("intervals", "chunks")
 
@@ -82,6 +80,7 @@ class Run(NamedTuple):
     total_seconds: float  # of all calls (this call's without Checkpoints.wall_clock)
     resumed_from: int  # steps restored from a checkpoint, in Checkpoints.step_unit (0: fresh)
     compilations: int  # programs compiled for the chunks (1: nothing recompiled)
+    lyses: int = 0  # lysis events in this call (the program compacted itself between chunks)
 
 
 def chunk_size(num_intervals: int, chunk: int, floor: int | None = None) -> int:
@@ -101,41 +100,6 @@ def chunk_size(num_intervals: int, chunk: int, floor: int | None = None) -> int:
         if num_intervals % d == 0:
             return d
     return chunk
-
-
-def warn_native_on_mesh(mesh, seed_loop: str) -> None:
-    """The native top-k custom call has no sharding rule: in a ``vmap`` over seeds split on a
-    mesh, XLA gathers its inputs onto every device (results stay exact)."""
-    if mesh is not None and seed_loop == "vmap" and native.enabled():
-        warnings.warn(
-            "the native top-k kernel (run.native_topk / emrakul.masks.native) has no sharding "
-            "rule: with seed_loop='vmap' on a mesh every device gathers and computes all seeds' "
-            "selections (exact, but slower and not local); use run.seed_loop='map' "
-            "(shard_map keeps each device's seeds local) or leave the kernel off",
-            stacklevel=3,
-        )
-
-
-def check_seed_loop_marker(directory: str, seed_loop: str, resuming: bool) -> None:
-    """Records the seed loop beside a fresh run's checkpoints (``<directory>.seed_loop``), or
-    refuses to resume checkpoints written with another one (no marker: ``"vmap"``)."""
-    marker = f"{directory}.seed_loop"
-    if not resuming:
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(marker) or ".", exist_ok=True)
-            with open(marker, "w") as f:
-                f.write(seed_loop)
-        return
-    before = "vmap"
-    if os.path.exists(marker):
-        with open(marker) as f:
-            before = f.read().strip()
-    if before != seed_loop:
-        raise ValueError(
-            f"the checkpoints in {os.path.dirname(directory)} were written with "
-            f"seed_loop={before!r}; resuming them with seed_loop={seed_loop!r} would mix two "
-            f"programs whose floats differ. Use config.run.seed_loop={before!r} or a new workdir."
-        )
 
 
 class _Compiled(NamedTuple):
@@ -206,22 +170,46 @@ def _check_finite(program: Program, metrics, seeds, label: str, lo: int, kept: s
     )
 
 
-def _start(program, compiled, keys, checkpoints, chunk, seed_loop, checkpointer):
-    """The carry to start from (restored or fresh), the intervals and steps it holds, and the
-    checkpointer (``None`` without a directory)."""
-    ckpt, restored = None, None
+class _Start(NamedTuple):
+    """Where a call starts: the carry (restored or fresh), the intervals and steps it holds, the
+    checkpointer (``None`` without a directory), the program that wrote the carry (another one
+    after a lysis) and the lysis events so far."""
+
+    carry: Any
+    done: int
+    step: int
+    ckpt: Any
+    program: Program
+    events: list
+
+
+def _start(program, compile_for, keys, checkpoints, chunk, seed_loop, checkpointer) -> _Start:
+    ckpt, restored, events = None, None, []
     if checkpoints.directory is not None:
         ckpt = checkpointer(checkpoints.directory, max_to_keep=checkpoints.max_to_keep)
-        restored = ckpt.restore_latest(compiled.abstract)
+        if program.lysis is not None:
+            events = dly.read_events(checkpoints.directory)
+        held: dict[int, Program] = {}  # step -> the program that wrote it (rebuilt once)
+
+        def program_for(step: int) -> Program:
+            if step not in held:
+                held[step] = dly.program_at(program, events, step)
+            return held[step]
+
+        restored = ckpt.restore_latest(lambda step: compile_for(program_for(step)).abstract)
         if checkpoints.seed_loop_marker:
-            check_seed_loop_marker(checkpoints.directory, seed_loop, restored is not None)
+            shd.check_seed_loop_marker(checkpoints.directory, seed_loop, restored is not None)
     if restored is not None:
         step, carry = restored
         per_step = chunk if checkpoints.step_unit == "chunks" else 1
-        return carry, min(step * per_step, program.num_intervals), step, ckpt
+        done = min(step * per_step, program.num_intervals)
+        kept = [e for e in events if e[0] <= step]
+        return _Start(carry, done, step, ckpt, program_for(step), kept)
+    compiled = compile_for(program)
     state = compiled.init(keys)
     table = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), compiled.metrics)
-    return _pack(state, table, 0.0 if checkpoints.wall_clock else None), 0, 0, ckpt
+    carry = _pack(state, table, 0.0 if checkpoints.wall_clock else None)
+    return _Start(carry, 0, 0, ckpt, program, [])
 
 
 def _check_args(program, seeds, chunk, checkpoints, seed_loop, mesh) -> None:
@@ -236,13 +224,14 @@ def _check_args(program, seeds, chunk, checkpoints, seed_loop, mesh) -> None:
         raise ValueError(f"seed_loop must be one of {shd.SEED_LOOPS}, got {seed_loop!r}")
     if mesh is not None:
         shd.check_divisible(len(seeds), mesh)
+        if program.lysis is not None:
+            raise ValueError("a program that lyses between chunks cannot run on a mesh (yet)")
 
 
 class _Loop(NamedTuple):
     """The fixed settings of one call's chunk loop."""
 
-    program: Program
-    compiled: _Compiled
+    compile_for: Callable[[Program], _Compiled]
     seeds: Sequence[int]
     chunk: int
     checkpoints: Checkpoints
@@ -255,11 +244,31 @@ def _pack(state, table, seconds: float | None):
     return Carry(state, table) if seconds is None else TimedCarry(state, table, np.float32(seconds))
 
 
-def _chunks(loop: _Loop, carry, done: int, step: int, ckpt) -> Any:
-    """Runs chunks from interval ``done`` to the end (``None`` when stopped by
-    ``max_chunks``); saves a checkpoint and reports progress after each."""
-    program, n, unit = loop.program, loop.program.num_intervals, loop.checkpoints.step_unit
-    timed = loop.checkpoints.wall_clock
+class _Done(NamedTuple):
+    """What the chunk loop ends with: the carry, the last program and its jitted pieces, the
+    wall seconds, the programs compiled and the lysis events of this call."""
+
+    carry: Any
+    program: Program
+    compiled: _Compiled
+    seconds: float
+    compilations: int
+    lyses: int
+
+
+def _chunks(loop: _Loop, start: _Start) -> _Done | None:
+    """Runs chunks from interval ``start.done`` to the end (``None`` when stopped by
+    ``max_chunks``); lyses when due, saves a checkpoint and reports progress after each."""
+    carry, done, step, ckpt, program = (
+        start.carry,
+        start.done,
+        start.step,
+        start.ckpt,
+        start.program,
+    )
+    n, unit, timed = program.num_intervals, loop.checkpoints.step_unit, loop.checkpoints.wall_clock
+    compiled = loop.compile_for(program)
+    runs, lyses = [compiled.run], 0
     prior = float(carry.seconds) if timed else 0.0
     resumed, t0, calls = done, time.time(), 0
 
@@ -274,7 +283,7 @@ def _chunks(loop: _Loop, carry, done: int, step: int, ckpt) -> Any:
         if loop.max_chunks is not None and calls >= loop.max_chunks:
             return None
         size = min(loop.chunk, n - done)
-        state, metrics = loop.compiled.run(carry.state, size)
+        state, metrics = compiled.run(carry.state, size)
         host = shd.to_host(metrics)  # waits for the chunk
         kept = f"{unit[:-1]} {step}" if ckpt is not None and step else "none"
         _check_finite(program, host, loop.seeds, loop.label, done, kept)
@@ -284,12 +293,20 @@ def _chunks(loop: _Loop, carry, done: int, step: int, ckpt) -> Any:
             metrics,
         )
         done, step, calls = done + size, step + (1 if unit == "chunks" else size), calls + 1
+        if done < n and dly.due(program, -(-done // loop.chunk)):
+            where = loop.checkpoints.directory if ckpt is not None else None
+            lysed = dly.after_chunk(program, state, where, start.events, step)
+            if lysed is not None:
+                program, state = lysed
+                compiled, lyses = loop.compile_for(program), lyses + 1
+                runs.append(compiled.run)
         carry = _pack(state, table, prior + time.time() - t0 if timed else None)
         if ckpt is not None:
             ckpt.save(step, carry)
         if loop.progress is not None:
             report(done, host)
-    return carry, time.time() - t0
+    compilations = sum(r._cache_size() for r in {id(r): r for r in runs}.values())
+    return _Done(carry, program, compiled, time.time() - t0, compilations, lyses)
 
 
 def drive(
@@ -330,27 +347,29 @@ def drive(
         with another seed loop.
     """
     _check_args(program, seeds, chunk, checkpoints, seed_loop, mesh)
-    warn_native_on_mesh(mesh, seed_loop)
+    shd.warn_native_on_mesh(mesh, seed_loop)
     chunk = chunk_size(program.num_intervals, int(chunk), chunk_floor)
-    compiled = _compile(program, len(seeds), mesh, seed_loop, checkpoints.wall_clock)
+
+    def compile_for(p: Program) -> _Compiled:
+        return _compile(p, len(seeds), mesh, seed_loop, checkpoints.wall_clock)
+
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
     if mesh is not None:
         keys = shd.shard_seeds(keys, mesh, len(seeds))
-    carry, done, step, ckpt = _start(
-        program, compiled, keys, checkpoints, chunk, seed_loop, checkpointer
-    )
+    start = _start(program, compile_for, keys, checkpoints, chunk, seed_loop, checkpointer)
     if mesh is not None:
-        carry = shd.shard_seeds(carry, mesh, len(seeds))
-    loop = _Loop(program, compiled, seeds, chunk, checkpoints, progress, label, max_chunks)
-    out = _chunks(loop, carry, done, step, ckpt)
+        start = start._replace(carry=shd.shard_seeds(start.carry, mesh, len(seeds)))
+    loop = _Loop(compile_for, seeds, chunk, checkpoints, progress, label, max_chunks)
+    out = _chunks(loop, start)
     if out is None:
         return None
-    carry, seconds = out
+    carry = out.carry
     return Run(
         metrics=shd.to_host(carry.metrics),
-        final=shd.to_host(compiled.final(carry.state)),
-        seconds=seconds,
-        total_seconds=float(carry.seconds) if checkpoints.wall_clock else seconds,
-        resumed_from=step,
-        compilations=compiled.run._cache_size(),
+        final=shd.to_host(out.compiled.final(carry.state)),
+        seconds=out.seconds,
+        total_seconds=float(carry.seconds) if checkpoints.wall_clock else out.seconds,
+        resumed_from=start.step,
+        compilations=out.compilations,
+        lyses=out.lyses,
     )

@@ -36,7 +36,7 @@ from emrakul import wrapper as wrap_mod
 from emrakul._tree import path_str
 from emrakul.lab import hosts
 from emrakul.lab.build import classifier_data, config_adam, make_controller, monitor_split
-from emrakul.lab.config import check_structure_fits, structure_from_config, validate
+from emrakul.lab.config import GROUPS, check_structure_fits, structure_from_config, validate
 from emrakul.lab.program import Program
 from emrakul.surgery.lifecycle import ALIVE
 
@@ -95,7 +95,9 @@ class Setup(NamedTuple):
 
     ``monitor`` is the part of the validation split that the per-interval metrics and the
     controller's observations use (``data.monitor`` examples; the whole split by default);
-    :func:`evaluate` on ``"val"`` scores the whole split.
+    :func:`evaluate` on ``"val"`` scores the whole split. With group pruning the forward pass
+    ties each group's followers to its leader; after a lysis (:mod:`emrakul.lab.loop_lysis`)
+    the host is the compact replay ``apply`` and the metrics count removed weights as dead.
     """
 
     module: nn.Module
@@ -105,6 +107,9 @@ class Setup(NamedTuple):
     every: int
     wants_stats: bool
     monitor: hosts.Split | None = None
+    groups: Any = None  # GroupPruning with prune.structure='groups' (followers tied)
+    apply: Any = None  # the compact host's apply(variables, x) after a lysis
+    full_sizes: tuple[int, ...] | None = None  # pruned layers' sizes before any lysis
 
 
 def _layer_names(params, life_state) -> tuple[str, ...]:
@@ -118,18 +123,28 @@ def _layer_names(params, life_state) -> tuple[str, ...]:
 
 
 def _apply(setup: Setup, params, x: jax.Array) -> jax.Array:
-    return setup.module.apply({"params": params}, x)
+    return (setup.apply or setup.module.apply)({"params": params}, x)
+
+
+def weights(setup: Setup, params, opt_state):
+    """The forward pass's weights: masked, and with group pruning tied to the leaders."""
+    if setup.groups is None:
+        return wrap_mod.masked(params, opt_state)
+    return setup.groups.tied(params, opt_state)
 
 
 def activations(setup: Setup, state: RunState) -> dict:
     """ReDo statistics of every layer on the validation inputs (masked weights)."""
-    weights = wrap_mod.masked(state.params, state.opt_state)
     return vit.activation_stats(
-        setup.module, {"params": weights}, _monitor(setup).x, layer_types=(nn.Dense, hosts.Conv1D)
+        setup.module,
+        {"params": weights(setup, state.params, state.opt_state)},
+        monitor_data(setup).x,
+        layer_types=(nn.Dense, hosts.Conv1D),
     )
 
 
-def _monitor(setup: Setup) -> hosts.Split:
+def monitor_data(setup: Setup) -> hosts.Split:
+    """The validation examples the per-interval metrics and the controller's observations use."""
     return setup.data.val if setup.monitor is None else setup.monitor
 
 
@@ -148,7 +163,7 @@ def host_step(setup: Setup, carry, surgery: bool, extra: dict | None = None):
     x, y = hosts.sample_batch(k_batch, setup.data.train, setup.batch)
 
     def loss_fn(p):
-        return hosts.cross_entropy(_apply(setup, wrap_mod.masked(p, opt_state), x), y)
+        return hosts.cross_entropy(_apply(setup, weights(setup, p, opt_state), x), y)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = setup.tx.update(
@@ -160,9 +175,9 @@ def host_step(setup: Setup, carry, surgery: bool, extra: dict | None = None):
 def evaluate(setup: Setup, state: RunState, split: str = "val") -> dict[str, jax.Array]:
     """Loss and accuracy of the masked weights on a whole split (``"train"``, ``"val"``,
     ``"test"``, or ``"monitor"``: the validation examples the per-interval metrics use)."""
-    part = _monitor(setup) if split == "monitor" else getattr(setup.data, split)
-    weights = wrap_mod.masked(state.params, state.opt_state)
-    return hosts.evaluate(lambda p, x: _apply(setup, p, x), weights, part)
+    part = monitor_data(setup) if split == "monitor" else getattr(setup.data, split)
+    w = weights(setup, state.params, state.opt_state)
+    return hosts.evaluate(lambda p, x: _apply(setup, p, x), w, part)
 
 
 def final_scores(setup: Setup, state: RunState) -> dict[str, jax.Array]:
@@ -173,12 +188,15 @@ def final_scores(setup: Setup, state: RunState) -> dict[str, jax.Array]:
             "val_accuracy": val["accuracy"]}  # fmt: skip
 
 
-def _metrics(state: RunState, train_loss, val, after_cut) -> IntervalMetrics:
+def _metrics(setup: Setup, state: RunState, train_loss, val, after_cut) -> IntervalMetrics:
     opt_state = state.opt_state
     life = opt_state.life
     leaves = [s for s in jax.tree.leaves(life.state) if jnp.ndim(s) > 0]
     dead = jnp.stack([jnp.sum(s != ALIVE) for s in leaves]).astype(jnp.float32)
     sizes = jnp.asarray([s.size for s in leaves], jnp.float32)
+    if setup.full_sizes is not None:  # lysed weights are dead weights of the original layers
+        full = jnp.asarray(setup.full_sizes, jnp.float32)
+        dead, sizes = dead + full - sizes, full
     return IntervalMetrics(
         step=opt_state.step,
         train_loss=train_loss,
@@ -211,7 +229,7 @@ def interval(setup: Setup, state: RunState, _=None) -> tuple[RunState, IntervalM
     params, opt_state, key = carry
     state = RunState(params, opt_state, key, state.interval + 1)
     train_loss = (first + jnp.sum(rest)) / setup.every
-    return state, _metrics(state, train_loss, evaluate(setup, state, "monitor"), after_cut)
+    return state, _metrics(setup, state, train_loss, evaluate(setup, state, "monitor"), after_cut)
 
 
 def run(setup: Setup, state: RunState, num: int) -> tuple[RunState, IntervalMetrics]:
@@ -235,18 +253,45 @@ def describe(metrics: IntervalMetrics) -> str:
 
 def _setup(config: ml_collections.ConfigDict, controller: ctl.Controller) -> tuple[Setup, int]:
     """The data, host and wrapped Adam of ``config`` (checked), and the number of intervals."""
+    from emrakul.lab import loop_lysis  # it builds on this module
+
     data = classifier_data(config)
     module = hosts.make_host(config.host.kind, tuple(config.host.width))
-    structure = structure_from_config(config.prune.structure)
-    shapes = jax.eval_shape(lambda k: module.init(k, data.train.x[:1]), jax.random.PRNGKey(0))
-    check_structure_fits(shapes["params"], structure)
     every = int(config.prune.every)
     num_intervals = int(config.train.steps) // every
-    tx = config_adam(config, controller, num_intervals * every, structure)
+    groups = None
+    if config.prune.structure.strip().lower() == GROUPS:
+        groups = loop_lysis.host_groups(module, data.train.x[:1])
+        tx = config_adam(config, controller, num_intervals * every, groups.structure, groups.filter)
+    else:
+        structure = structure_from_config(config.prune.structure)
+        shapes = jax.eval_shape(lambda k: module.init(k, data.train.x[:1]), jax.random.PRNGKey(0))
+        check_structure_fits(shapes["params"], structure)
+        tx = config_adam(config, controller, num_intervals * every, structure)
     batch = int(config.train.batch_size)
     monitor = monitor_split(config, data)
-    setup = Setup(module, data, tx, batch, every, controller.needs_activations, monitor)
+    setup = Setup(
+        module, data, tx, batch, every, controller.needs_activations, monitor, groups=groups
+    )
     return setup, num_intervals
+
+
+def program(setup: Setup, num_intervals: int, init_fn=None, lysis=None) -> Program:
+    """The classifier :class:`~emrakul.lab.program.Program` of ``setup`` (``init_fn``: its
+    ``init`` when not :func:`init`, as for a compact host that only resumes)."""
+    part = functools.partial
+    return Program(
+        init=init_fn or part(init, setup),
+        run=part(run, setup),
+        num_intervals=num_intervals,
+        metrics_type=IntervalMetrics,
+        loss_field="train_loss",
+        loss_name="training loss",
+        remedy="Lower train.lr or check the data.",
+        final=part(final_scores, setup),
+        describe=describe,
+        lysis=lysis,
+    )
 
 
 def make_train(
@@ -265,25 +310,19 @@ def make_train(
     Raises:
       ValueError: an invalid config, naming the field.
     """
+    from emrakul.lab import loop_lysis  # it builds on this module
+
     if not isinstance(controller, ctl.Controller):
         controller = controller or config.controller
     validate(config, [] if isinstance(controller, ctl.Controller) else [controller])
     kwargs = config.get("controllers", {})
-    setup, num_intervals = _setup(config, make_controller(controller, kwargs))
-    part = functools.partial
-    program = Program(
-        init=part(init, setup),
-        run=part(run, setup),
-        num_intervals=num_intervals,
-        metrics_type=IntervalMetrics,
-        loss_field="train_loss",
-        loss_name="training loss",
-        remedy="Lower train.lr or check the data.",
-        final=part(final_scores, setup),
-        describe=describe,
-    )
-    probe = jax.eval_shape(program.init, jax.random.PRNGKey(0))
+    controller = make_controller(controller, kwargs)
+    setup, num_intervals = _setup(config, controller)
+    lysis = loop_lysis.make_lysis(config, controller, setup, num_intervals)
+    prog = program(setup, num_intervals, lysis=lysis)
+    probe = jax.eval_shape(prog.init, jax.random.PRNGKey(0))
     names = _layer_names(probe.params, probe.opt_state.life.state)
-    return Trainer(config, num_intervals, setup.every, names, program.init, program.run,
+    part = functools.partial
+    return Trainer(config, num_intervals, setup.every, names, prog.init, prog.run,
                    part(evaluate, setup), part(train, setup, num_intervals),
-                   part(interval, setup), part(activations, setup), program)  # fmt: skip
+                   part(interval, setup), part(activations, setup), prog)  # fmt: skip

@@ -38,6 +38,7 @@ class Program(NamedTuple):
       final: ``final(state) -> dict`` of arrays, the evaluation at the end of a run.
       describe: ``describe(metrics) -> str``, the program's fields of a progress line, given a
         chunk's metrics as numpy arrays with leading ``[seeds, intervals]`` axes.
+      lysis: how the program compacts itself between chunks (:class:`Lysis`), or ``None``.
     """
 
     init: Callable[[jax.Array], State]
@@ -49,6 +50,24 @@ class Program(NamedTuple):
     remedy: str
     final: Callable[[State], dict[str, jax.Array]]
     describe: Callable[[Metrics], str]
+    lysis: Lysis | None = None
+
+
+class Lysis(NamedTuple):
+    """How a program removes lysed units between chunks and is rebuilt on resume (issue 19).
+
+    Attributes:
+      every: try after every this many chunks (counted from the run's start).
+      lyse: ``lyse(state) -> (program, state, record)`` given every seed's state (leading seeds
+        axis, on the host), or ``None`` when nothing is removed: the smaller program, its state,
+        and a JSON-able record of what was removed so far.
+      rebuild: ``rebuild(record) -> program``, the smaller program again from a record (a
+        resumed run restores the checkpoints written after a lysis into it).
+    """
+
+    every: int
+    lyse: Callable[[State], tuple[Program, State, dict] | None]
+    rebuild: Callable[[dict], Program]
 
 
 def check_program(program: Program) -> None:

@@ -19,8 +19,8 @@ from emrakul.lab import driver
 from emrakul.lab import sharding as shd
 from emrakul.lab.checkpoint import Checkpointer
 from emrakul.lab.driver import Carry, NonFiniteLossError
-from emrakul.lab.driver import warn_native_on_mesh as _warn_native_on_mesh
 from emrakul.lab.loop import IntervalMetrics, make_train
+from emrakul.lab.sharding import warn_native_on_mesh as _warn_native_on_mesh
 
 __all__ = [
     "Carry",

@@ -25,7 +25,9 @@ read one back on every process).
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +35,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from emrakul.masks import native
 
 AXIS = "seeds"
 SEED_LOOPS = ("vmap", "map")
@@ -245,3 +249,38 @@ def initialize_distributed(
         process_id=None if process_id is None else int(process_id),
         local_device_ids=None if local_device_ids is None else list(local_device_ids),
     )
+
+
+def warn_native_on_mesh(mesh, seed_loop: str) -> None:
+    """The native top-k custom call has no sharding rule: in a ``vmap`` over seeds split on a
+    mesh, XLA gathers its inputs onto every device (results stay exact)."""
+    if mesh is not None and seed_loop == "vmap" and native.enabled():
+        warnings.warn(
+            "the native top-k kernel (run.native_topk / emrakul.masks.native) has no sharding "
+            "rule: with seed_loop='vmap' on a mesh every device gathers and computes all seeds' "
+            "selections (exact, but slower and not local); use run.seed_loop='map' "
+            "(shard_map keeps each device's seeds local) or leave the kernel off",
+            stacklevel=3,
+        )
+
+
+def check_seed_loop_marker(directory: str, seed_loop: str, resuming: bool) -> None:
+    """Records the seed loop beside a fresh run's checkpoints (``<directory>.seed_loop``), or
+    refuses to resume checkpoints written with another one (no marker: ``"vmap"``)."""
+    marker = f"{directory}.seed_loop"
+    if not resuming:
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(marker) or ".", exist_ok=True)
+            with open(marker, "w") as f:
+                f.write(seed_loop)
+        return
+    before = "vmap"
+    if os.path.exists(marker):
+        with open(marker) as f:
+            before = f.read().strip()
+    if before != seed_loop:
+        raise ValueError(
+            f"the checkpoints in {os.path.dirname(directory)} were written with "
+            f"seed_loop={before!r}; resuming them with seed_loop={seed_loop!r} would mix two "
+            f"programs whose floats differ. Use config.run.seed_loop={before!r} or a new workdir."
+        )

@@ -31,6 +31,8 @@ def initial_knobs(settings: WrapSettings, target: np.ndarray) -> Knobs:
         anesthesia_depth=jnp.float32(settings.anesthesia_depth),
         anesthesia_recovery=jnp.float32(settings.anesthesia_recovery),
         vitals_decay=jnp.float32(settings.vitals_decay),
+        lysed=jnp.zeros(np.shape(target), jnp.float32),
+        kept=jnp.ones(np.shape(target), jnp.float32),
     )
 
 

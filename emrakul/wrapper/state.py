@@ -28,6 +28,11 @@ class Knobs(NamedTuple):
       anesthesia_depth: its learning-rate multiplier drops to at most this (1 = off).
       anesthesia_recovery: per host step, ``scale <- 1 - (1 - scale) * (1 - recovery)``.
       vitals_decay: EMA decay of the vital signs.
+      lysed: float32 [num_layers], the part of each original layer that lysis removed while it
+        counted as pruned (units along the structure's axis, else weights); 0 before any lysis.
+      kept: float32 [num_layers], the part of each original layer that is left (1 before any
+        lysis). A decision's sparsity ``s`` of the original layer becomes ``(s - lysed) / kept``
+        of the compact one, so training after lysis prunes exactly as it would have masked.
     """
 
     target: jax.Array
@@ -37,6 +42,8 @@ class Knobs(NamedTuple):
     anesthesia_depth: jax.Array
     anesthesia_recovery: jax.Array
     vitals_decay: jax.Array
+    lysed: jax.Array
+    kept: jax.Array
 
 
 class EmrakulState(NamedTuple):

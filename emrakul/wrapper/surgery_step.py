@@ -21,7 +21,7 @@ from emrakul.surgery.rewrite import apply_rewrite, merge_resets
 from emrakul.wrapper.checks import leaf_structures
 from emrakul.wrapper.observe import observation
 from emrakul.wrapper.settings import WrapSettings
-from emrakul.wrapper.state import EmrakulState, decision_key
+from emrakul.wrapper.state import EmrakulState, Knobs, decision_key
 
 
 def reset_moments(inner: optax.GradientTransformation, inner_state: Any, reset: PyTree) -> Any:
@@ -37,6 +37,13 @@ def reset_moments(inner: optax.GradientTransformation, inner_state: Any, reset: 
         inner_state,
         reset,
     )
+
+
+def on_compact_layers(decision: Any, knobs: Knobs) -> Any:
+    """``decision`` with each layer's sparsity (of the original layer) turned into the compact
+    layer's: ``(s - lysed) / kept`` (the identity before any lysis; see :class:`Knobs`)."""
+    s = (decision.sparsity - knobs.lysed) / knobs.kept
+    return decision._replace(sparsity=jnp.clip(s, 0.0, 1.0).astype(decision.sparsity.dtype))
 
 
 def surgery_step(
@@ -77,6 +84,7 @@ def surgery_step(
         interval=state.knobs.every,
     )
     decision, ctrl = controller.decide(obs, state.controller)
+    decision = on_compact_layers(decision, state.knobs)
     res = operate(
         state.life,
         decision,

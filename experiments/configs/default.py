@@ -23,7 +23,9 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``train.batch_size``, ``train.lr``: minibatch size and Adam learning rate.
 * ``prune.sparsity``: final target sparsity of the pruned leaves (kernels), in [0, 1).
 * ``prune.distribution``: ``uniform`` or ``erk`` per-layer budgets.
-* ``prune.structure``: ``unstructured``, ``units`` (output units) or ``nm:N:M``.
+* ``prune.structure``: ``unstructured``, ``units`` (output units), ``nm:N:M``, or ``groups``
+  (the host's dependency groups as units, :func:`emrakul.export.group_pruning`: a hidden unit
+  with its bias and the next layer's rows; the output layer stays whole).
 * ``prune.every``: host steps per surgery interval (mask updates, validation, metrics rows).
 * ``prune.cooldown``: host steps a weight must wait after changing state (flip-flop damping).
 * ``prune.vitals_decay``: EMA decay of the vital signs (kept only for controllers needing them).
@@ -40,6 +42,11 @@ Every field, with its meaning (override any of them with ``--config.FIELD=VALUE`
 * ``run.native_topk``: use the optional native CPU kernel for the exact top-k selections of the
   mask updates (:mod:`emrakul.masks.native`: same masks, faster on the CPU; it needs a C++
   compiler and is compiled on first use).
+* ``lysis.every``: with ``prune.structure='groups'``, every this many chunks remove the units
+  that every seed has lysed from the host, its optimizer state and Emrakul's state, and go on
+  with the smaller program (issue 19; 0: never). Needs a controller that does not observe
+  activation statistics, and no mesh.
+* ``lysis.multiple_of``: surviving widths are multiples of this (a run recompiles a few times).
 """
 
 import ml_collections
@@ -76,4 +83,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.run = ml_collections.ConfigDict(
         {"chunk": 5, "checkpoint": True, "seed_loop": "vmap", "native_topk": False}
     )
+    c.lysis = ml_collections.ConfigDict({"every": 0, "multiple_of": 8})
     return c
