@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -100,6 +101,14 @@ def test_events_say_which_program_wrote_each_checkpoint(tmp_path):
     assert dly.write_event(directory, events, 6, {"name": "c"}) == [(4, {"name": "a"}),
                                                                    (6, {"name": "c"})]  # fmt: skip
     assert dly.due(base, 2) and not dly.due(_stub("x"), 2)
+    # a program without lysis refuses checkpoints of one that lysed
+    with pytest.raises(ValueError, match="written by a run that lysed"):
+        dly.start_events(_stub("x"), directory)
+    # resumed at step 5: the later event goes; started afresh: the record goes with the run
+    assert dly.settle_events(directory, events, 5) == [(4, {"name": "a"})]
+    assert dly.read_events(directory) == [(4, {"name": "a"})]
+    assert dly.settle_events(directory, dly.start_events(base, directory), None) == []
+    assert not os.path.exists(dly.events_path(directory))
     mesh = shd.seed_mesh(jax.devices()[:1])
     with pytest.raises(ValueError, match="lyses between chunks cannot run on a mesh"):
         driver.drive(base, [0], chunk=1, mesh=mesh)

@@ -60,7 +60,7 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             return None
-        errors = []
+        errors, structure_changed = [], False
         for step in reversed(steps):
             abstract = abstract_state(step) if callable(abstract_state) else abstract_state
             try:
@@ -74,12 +74,20 @@ class Checkpointer:
                     str(e).splitlines()[0][:200] if str(e) else "",
                 )
                 errors.append(f"step {step}: {type(e).__name__}")
+                structure_changed |= "tree structures do not match" in str(e)
                 self._quarantine(step)
                 continue
             _check_shapes(state, abstract, step)
             return step, state
+        hint = ""
+        if structure_changed:
+            hint = (
+                ". Their state's structure differs from this run's: checkpoints written by an "
+                "older emrakul (e.g. before Knobs.lysed/kept) or another config do not restore; "
+                "they were moved aside as <step>.damaged, use a new workdir"
+            )
         raise CheckpointError(
-            f"no checkpoint in {self.directory} could be restored ({'; '.join(errors)})"
+            f"no checkpoint in {self.directory} could be restored ({'; '.join(errors)}){hint}"
         )
 
     def _quarantine(self, step: int) -> None:

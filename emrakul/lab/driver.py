@@ -187,8 +187,7 @@ def _start(program, compile_for, keys, checkpoints, chunk, seed_loop, checkpoint
     ckpt, restored, events = None, None, []
     if checkpoints.directory is not None:
         ckpt = checkpointer(checkpoints.directory, max_to_keep=checkpoints.max_to_keep)
-        if program.lysis is not None:
-            events = dly.read_events(checkpoints.directory)
+        events = dly.start_events(program, checkpoints.directory)
         held: dict[int, Program] = {}  # step -> the program that wrote it (rebuilt once)
 
         def program_for(step: int) -> Program:
@@ -199,12 +198,13 @@ def _start(program, compile_for, keys, checkpoints, chunk, seed_loop, checkpoint
         restored = ckpt.restore_latest(lambda step: compile_for(program_for(step)).abstract)
         if checkpoints.seed_loop_marker:
             shd.check_seed_loop_marker(checkpoints.directory, seed_loop, restored is not None)
+        at = None if restored is None else restored[0]
+        events = dly.settle_events(checkpoints.directory, events, at)
     if restored is not None:
         step, carry = restored
         per_step = chunk if checkpoints.step_unit == "chunks" else 1
         done = min(step * per_step, program.num_intervals)
-        kept = [e for e in events if e[0] <= step]
-        return _Start(carry, done, step, ckpt, program_for(step), kept)
+        return _Start(carry, done, step, ckpt, program_for(step), events)
     compiled = compile_for(program)
     state = compiled.init(keys)
     table = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), compiled.metrics)

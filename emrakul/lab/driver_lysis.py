@@ -34,16 +34,51 @@ def read_events(directory: str) -> list[Event]:
         return [(int(e["step"]), e["record"]) for e in json.load(f)["events"]]
 
 
+def start_events(program: Program, directory: str) -> list[Event]:
+    """The events of the checkpoints in ``directory`` for a run of ``program``.
+
+    Raises:
+      ValueError: the checkpoints were written by a run that lysed and ``program`` does not
+        (they would not restore into it).
+    """
+    events = read_events(directory)
+    if events and program.lysis is None:
+        raise ValueError(
+            f"the checkpoints in {directory} were written by a run that lysed its host "
+            f"({events_path(directory)}); resume them with the same lysis settings "
+            "(config.lysis.every) or use a new workdir"
+        )
+    return events
+
+
+def settle_events(directory: str, events: list[Event], step: int | None) -> list[Event]:
+    """The events that hold for a run restored at ``step`` (``None``: started afresh), written
+    back so that a record of an abandoned run never outlives it."""
+    kept = [] if step is None else [e for e in events if e[0] <= step]
+    if kept != events and jax.process_index() == 0:
+        if kept:
+            _write(directory, kept)
+        else:
+            os.remove(events_path(directory))
+    return kept
+
+
+def _write(directory: str, events: list[Event]) -> None:
+    path = events_path(directory)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"events": [{"step": s, "record": r} for s, r in events]}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_event(directory: str, events: list[Event], step: int, record: dict) -> list[Event]:
     """Records that the checkpoints from ``step`` on hold ``record``'s program (replacing any
     event at or after ``step``, left by a run that was interrupted and is now redone)."""
     events = [e for e in events if e[0] < step] + [(int(step), record)]
     if jax.process_index() == 0:
-        path = events_path(directory)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"events": [{"step": s, "record": r} for s, r in events]}, f)
-        os.replace(tmp, path)
+        _write(directory, events)
     return events
 
 

@@ -79,7 +79,7 @@ def make_lysis(
     template = jax.eval_shape(lambda k: setup.module.init(k, x), jax.random.PRNGKey(0))
     life = jax.eval_shape(functools.partial(loop.init, setup), jax.random.PRNGKey(0))
     sizes = tuple(int(s.size) for s in jax.tree.leaves(life.opt_state.life.state) if s.ndim > 0)
-    multiple_of = int(config.lysis.multiple_of)
+    multiple_of = int(config.lysis.get("multiple_of", 8))
     ctx = _Context(config, controller, setup, num_intervals, every, multiple_of, template, sizes)
     return _lysis(ctx, setup)
 

@@ -42,7 +42,8 @@ def reset_moments(inner: optax.GradientTransformation, inner_state: Any, reset: 
 def on_compact_layers(decision: Any, knobs: Knobs) -> Any:
     """``decision`` with each layer's sparsity (of the original layer) turned into the compact
     layer's: ``(s - lysed) / kept`` (the identity before any lysis; see :class:`Knobs`)."""
-    s = (decision.sparsity - knobs.lysed) / knobs.kept
+    kept = jnp.where(knobs.kept > 0, knobs.kept, 1.0)  # a layer lysed whole prunes nothing more
+    s = (decision.sparsity - knobs.lysed) / kept
     return decision._replace(sparsity=jnp.clip(s, 0.0, 1.0).astype(decision.sparsity.dtype))
 
 
