@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from emrakul import controllers as ctl
 from emrakul.export.depgraph import dependency_graph
@@ -141,9 +140,3 @@ def _lyse(ctx: _Context, setup: loop.Setup, state: loop.RunState):
         out.variables["params"], out.opt_state, jnp.asarray(state.key), jnp.asarray(state.interval)
     )
     return program, new, record
-
-
-def widths(state: loop.RunState) -> dict[str, int]:
-    """Each host layer's output width in ``state`` (leading seeds axis or not)."""
-    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    return {jax.tree_util.keystr(p): int(np.shape(x)[-1]) for p, x in flat if p[-1].key == "kernel"}
